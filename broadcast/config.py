@@ -1,0 +1,81 @@
+"""One typed Settings object, read from `BROADCAST_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "BROADCAST_"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every knob of a node. Documented in README.md and DESIGN.md."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    node_id: str = Field(default_factory=socket.gethostname)
+    redis_url: str | None = None
+    cluster_mode: Literal["relay", "redirect"] = "relay"
+    publish_token: str | None = None
+    viewer_token: str | None = None
+    ice_servers: CommaList = []
+    turn_secret: str | None = None
+    turn_ttl: int = Field(default=86400, gt=0)
+    udp_port: int | None = Field(default=None, ge=1, le=65535)
+    record_dir: str | None = None
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    public_ips: CommaList = []
+    ice_addresses: CommaList = []
+    drain_timeout: float = Field(default=3600.0, ge=0)
+    allow_origins: CommaList = ["*"]
+    wait_timeout: float = Field(default=600.0, gt=0)
+    require_live: bool = False
+    publisher_grace: float = Field(default=30.0, ge=0)
+    max_body_bytes: int = Field(default=131072, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("ice_servers", "public_ips", "ice_addresses", "allow_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _check_ice_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        return value
+
+    @model_validator(mode="after")
+    def _normalise_public_url(self) -> Settings:
+        if self.public_url is not None:
+            self.public_url = self.public_url.rstrip("/")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """The URL other nodes and clients use to reach this node."""
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment; unknown `BROADCAST_*` variables fail fast."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}; see README for the list")
+    return Settings(**overrides)
