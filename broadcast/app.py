@@ -1,0 +1,78 @@
+"""The Starlette application: routes, error mapping, lifespan wiring."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiortc import RTCIceServer
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from broadcast.config import Settings
+from broadcast.errors import BroadcastError, MethodNotAllowed, NotFound
+from broadcast.http.common import problem_response
+from broadcast.http.endpoints import Endpoints
+from broadcast.http.ops import Ops
+from broadcast.media import aiortc_glue as glue
+from broadcast.media.hub import Hub
+from broadcast.registry.base import NodeInfo
+from broadcast.registry.memory import MemoryRegistry
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def _server_ice_servers(settings: Settings) -> list[RTCIceServer]:
+    # The server's own peer connections only need STUN (server-reflexive candidates);
+    # TURN is for clients, which get it in Link headers.
+    return [RTCIceServer(urls=url) for url in settings.ice_servers if url.startswith("stun")]
+
+
+def create_app(settings: Settings) -> Starlette:
+    glue.register_passthrough_codecs()
+    glue.restrict_host_addresses(settings.ice_addresses)
+    registry = MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
+    hub = Hub(settings, registry, _server_ice_servers(settings))
+    ops = Ops(hub, settings.node_id)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        logger.info("broadcast node %s serving at %s", settings.node_id, settings.base_url)
+        try:
+            yield
+        finally:
+            ops.ready = False
+            await hub.close()
+            await registry.close()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error: BroadcastError
+        if exc.status_code == 404:
+            error = NotFound(f"nothing at {request.url.path}")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "GET, HEAD")
+            error = MethodNotAllowed(f"{request.method} is not allowed here", allow=allow)
+        else:
+            error = BroadcastError(str(exc.detail))
+            error.status = exc.status_code  # type: ignore[misc]
+        return problem_response(error, request.url.path)
+
+    routes = [
+        *Endpoints("whip", settings, hub).routes(),
+        *Endpoints("whep", settings, hub).routes(),
+        *ops.routes(),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+    app.state.hub = hub
+    app.state.ops = ops
+    app.state.settings = settings
+    return app

@@ -1,0 +1,129 @@
+"""Operational endpoints: health, readiness, metrics, the stream API and the index page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from broadcast.errors import BroadcastError, NotFound
+from broadcast.http.common import problem_response, stream_name
+from broadcast.media.hub import Hub
+from broadcast.sfu.stream import Stream
+
+__all__ = ["Ops"]
+
+_INDEX = """<!doctype html>
+<meta charset="utf-8"><title>broadcast</title>
+<h1>Live streams</h1><ul id="streams"><li>loading…</li></ul>
+<script>
+fetch('/api/streams').then(r => r.json()).then(list => {
+  const ul = document.getElementById('streams');
+  ul.replaceChildren(...(list.length ? list.map(s => {
+    const li = document.createElement('li');
+    li.textContent = `${s.stream} — ${s.viewers} viewer(s) — WHEP: /whep/${s.stream}`;
+    return li;
+  }) : [Object.assign(document.createElement('li'), {textContent: 'none yet'})]));
+});
+</script>
+"""
+
+
+class HubCollector(Collector):
+    """Reads the hub at scrape time, so nothing is counted twice on the hot path."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        streams = GaugeMetricFamily("broadcast_streams", "Streams with a live publisher")
+        streams.add_metric([], len(self.hub.live_streams()))
+        sessions = GaugeMetricFamily("broadcast_sessions", "Open sessions", labels=["role"])
+        for role in ("whip", "whep"):
+            sessions.add_metric([role], sum(s.role == role for s in self.hub.sessions.values()))
+        ingest = CounterMetricFamily(
+            "broadcast_ingest_packets", "RTP packets received from publishers", labels=["kind"]
+        )
+        for kind in ("audio", "video"):
+            ingest.add_metric([kind], sum(s.feeds[kind].packets for s in self.hub.streams.values()))
+        yield from (streams, sessions, ingest)
+
+
+class Ops:
+    def __init__(self, hub: Hub, node_id: str) -> None:
+        self.hub = hub
+        self.node_id = node_id
+        self.ready = True
+        self.registry = CollectorRegistry()
+        self.registry.register(HubCollector(hub))
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.index, methods=["GET", "HEAD"]),
+            Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", self.metrics, methods=["GET", "HEAD"]),
+            Route("/api/streams", self.streams, methods=["GET", "HEAD"]),
+            Route("/api/streams/{stream}", self.stream, methods=["GET", "HEAD"]),
+        ]
+
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(_INDEX)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        if self.ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "draining"}, status_code=503)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def streams(self, request: Request) -> Response:
+        return JSONResponse([self._describe(s) for s in self.hub.live_streams()])
+
+    async def stream(self, request: Request) -> Response:
+        try:
+            name = stream_name(request.path_params["stream"])
+            stream = self.hub.streams.get(name)
+            if stream is None:
+                raise NotFound(f"no stream {name!r} on this node")
+        except BroadcastError as error:
+            return problem_response(error, request.url.path)
+        body = self._describe(stream)
+        body["viewer_sessions"] = [v.stats() for v in self.hub.viewers_of(stream)]
+        return JSONResponse(body)
+
+    def _describe(self, stream: Stream) -> dict[str, object]:
+        publisher = stream.publisher
+        tracks: list[dict[str, object]] = []
+        for kind, feed in stream.feeds.items():
+            if not feed.codecs:
+                continue
+            tracks.append(
+                {
+                    "kind": kind,
+                    "codec": feed.active_codec,
+                    "layers": [],
+                    "packets": feed.packets,
+                    "bytes": feed.octets,
+                    "keyframes": feed.keyframes,
+                    "keyframe_requests": feed.keyframe_requests,
+                }
+            )
+        return {
+            "stream": stream.name,
+            "node": self.node_id,
+            "live": stream.live,
+            "publisher": getattr(publisher, "id", None),
+            "viewers": stream.viewer_count,
+            "tracks": tracks,
+            "started_at": stream.live_since,
+        }

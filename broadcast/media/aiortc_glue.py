@@ -1,0 +1,373 @@
+"""Every place where broadcast reaches into aiortc and aioice internals.
+
+aiortc has no public API for encoded media (aiortc #449): its receiver always decodes
+and its sender always encodes. A forwarding server needs the RTP before the jitter
+buffer and must write rewritten RTP straight into a viewer's SRTP transport. The hooks
+below do that; they are tested one by one in tests/test_aiortc_glue.py, and
+pyproject pins aiortc to 1.16.x so an upgrade breaks here, loudly, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aioice.ice
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+)
+from aiortc.codecs import CODECS
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+from aiortc.rtp import RtcpSrPacket, RtpPacket, is_rtcp, unwrap_rtx
+from aiortc.sdp import SessionDescription
+
+from broadcast.tasks import spawn
+
+__all__ = [
+    "ParkedTrack",
+    "RtpSink",
+    "add_remote_candidate",
+    "adopt_offered_h264_parameters",
+    "feed_sender_report",
+    "new_peer_connection",
+    "register_passthrough_codecs",
+    "request_keyframe",
+    "restrict_host_addresses",
+    "rtp_sink",
+    "tap_receiver",
+    "tap_sender",
+]
+
+logger = logging.getLogger(__name__)
+
+RtpSink = Callable[[bytes], None]
+
+_VIDEO_FEEDBACK = [
+    RTCRtcpFeedback(type="nack"),
+    RTCRtcpFeedback(type="nack", parameter="pli"),
+    RTCRtcpFeedback(type="ccm", parameter="fir"),
+    RTCRtcpFeedback(type="goog-remb"),
+]
+
+# Codecs we forward but aiortc cannot decode or encode. aiortc only matches H.264
+# constrained baseline (42001f/42e01f); OBS sends High (RFC 6184 §8.1 profile_idc 0x64).
+# The level in these entries is irrelevant: adopt_offered_h264_parameters() copies the
+# offerer's own profile-level-id into the answer.
+_PASSTHROUGH_VIDEO: list[tuple[str, dict[str, str | int | None]]] = [
+    ("video/H264", {"packetization-mode": "1", "profile-level-id": "4d001f"}),
+    ("video/H264", {"packetization-mode": "1", "profile-level-id": "64001f"}),
+    ("video/H264", {"packetization-mode": "1", "profile-level-id": "640c1f"}),
+    ("video/VP9", {}),
+    ("video/AV1", {}),
+]
+
+_registered = False
+
+
+def register_passthrough_codecs() -> None:
+    """Teach aiortc's SDP negotiation the codecs we only forward (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    video = CODECS["video"]
+    used = {c.payloadType for c in video} | {c.payloadType for c in CODECS["audio"]}
+    dynamic = (pt for pt in range(96, 128) if pt not in used)
+    for mime, params in _PASSTHROUGH_VIDEO:
+        pt = next(dynamic)
+        rtx = next(dynamic)
+        full = dict(params)
+        if mime == "video/H264":
+            full["level-asymmetry-allowed"] = "1"
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType=mime,
+                clockRate=90000,
+                payloadType=pt,
+                rtcpFeedback=list(_VIDEO_FEEDBACK),
+                parameters=full,
+            )
+        )
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/rtx", clockRate=90000, payloadType=rtx, parameters={"apt": pt}
+            )
+        )
+    for codec in video:
+        if codec.mimeType.lower() != "video/rtx" and not any(
+            fb.type == "ccm" for fb in codec.rtcpFeedback
+        ):
+            codec.rtcpFeedback.append(RTCRtcpFeedback(type="ccm", parameter="fir"))
+    _registered = True
+
+
+def restrict_host_addresses(addresses: list[str]) -> None:
+    """Gather ICE host candidates only on these local addresses (empty: all interfaces).
+
+    aioice has no such option and skips 127.0.0.1 on its own; this replaces its
+    module-level address lookup.
+    """
+    original = _ORIGINAL_GET_HOST_ADDRESSES
+    if not addresses:
+        aioice.ice.get_host_addresses = original
+        return
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+_ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+
+def new_peer_connection(ice_servers: list[RTCIceServer]) -> RTCPeerConnection:
+    """A peer connection that never contacts a public STUN server by default."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+
+
+def adopt_offered_h264_parameters(pc: RTCPeerConnection, offer_sdp: str) -> None:
+    """Answer H.264 with the offerer's own fmtp (profile and level) for each payload type.
+
+    aiortc copies its local parameters into the answer; a forwarding server has no encoder
+    or decoder, so the profile-level-id the publisher offered is exactly what we accept
+    (RFC 6184 §8.2.2), and a viewer gets back what it said it can decode.
+    """
+    offered: dict[tuple[str | None, int | None], dict[str, Any]] = {}
+    for media in SessionDescription.parse(offer_sdp).media:
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower() == "video/h264":
+                offered[(media.rtp.muxId, codec.payloadType)] = dict(codec.parameters)
+    for transceiver in pc.getTransceivers():
+        for codec in transceiver._codecs:
+            params = offered.get((transceiver.mid, codec.payloadType))
+            if params is not None:
+                codec.parameters = copy.deepcopy(params)
+
+
+def transceiver_codecs(transceiver: Any) -> list[RTCRtpCodecParameters]:
+    """The codecs negotiated for a transceiver, with the remote side's payload types."""
+    return list(transceiver._codecs)
+
+
+def transceiver_extensions(transceiver: Any) -> dict[str, int]:
+    """Negotiated RTP header extensions: URI -> id."""
+    return {ext.uri: ext.id for ext in transceiver._headerExtensions}
+
+
+async def add_remote_candidate(pc: RTCPeerConnection, candidate: Any) -> None:
+    """Add a trickled candidate (or None: end of candidates) to every ICE transport.
+
+    With BUNDLE all m-lines share one transport, whatever mid the client names
+    (RFC 8843 §10.2); aiortc's addIceCandidate drops candidates for bundled mids.
+    """
+    transports: list[RTCIceTransport] = []
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.receiver.transport.transport
+        if ice not in transports:
+            transports.append(ice)
+    if pc.sctp is not None and pc.sctp.transport.transport not in transports:
+        transports.append(pc.sctp.transport.transport)
+    for ice in transports:
+        if ice.state not in ("closed", "failed"):
+            await ice.addRemoteCandidate(candidate)
+
+
+class ParkedTrack(MediaStreamTrack):
+    """A track that never yields: it makes the sender negotiate `sendonly` and then
+    keeps aiortc's encoder loop asleep, because the forwarder writes RTP itself."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] | None = None
+
+    async def recv(self) -> Any:
+        self._never = asyncio.get_running_loop().create_future()
+        await self._never
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------
+# Publisher side: take RTP before the jitter buffer; never start a decoder.
+# ---------------------------------------------------------------------------------
+
+
+def tap_receiver(
+    receiver: RTCRtpReceiver,
+    on_rtp: Callable[[RtpPacket, float], None],
+    on_sender_report: Callable[[RtcpSrPacket], None],
+) -> None:
+    """Route a publisher receiver's RTP to `on_rtp` instead of depacketizing and decoding.
+
+    Kept from aiortc: receiver statistics (so RRs reach the publisher), RTX unwrapping,
+    NACK generation and the REMB estimator (the publisher's bandwidth estimate depends on
+    it, since we do not offer transport-cc). Dropped: depayloading, jitter buffer, decoder
+    thread. `receive()` is replaced so that the decoder thread is never started.
+    """
+    r: Any = receiver
+    loop = asyncio.get_event_loop()
+
+    async def receive(parameters: Any) -> None:
+        if r._RTCRtpReceiver__started:
+            return
+        for codec in parameters.codecs:
+            r._RTCRtpReceiver__codecs[codec.payloadType] = codec
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                r._RTCRtpReceiver__rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        r._RTCRtpReceiver__transport._register_rtp_receiver(r, parameters)
+        r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())
+        r._RTCRtpReceiver__started = True
+
+    async def handle_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
+        estimator = r._RTCRtpReceiver__remote_bitrate_estimator
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            if remb is not None:
+                await _send_remb(r, remb)
+        codecs = r._RTCRtpReceiver__codecs
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        streams = r._RTCRtpReceiver__remote_streams
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            from aiortc.rtcrtpreceiver import StreamStatistics
+
+            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+        if codec.mimeType.lower() == "video/rtx":
+            original_ssrc = r._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+        nack = r._RTCRtpReceiver__nack_generator
+        if nack is not None and nack.add(packet):
+            await r._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+        on_rtp(packet, loop.time())
+
+    original_rtcp = receiver._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        await original_rtcp(packet)
+        if isinstance(packet, RtcpSrPacket):
+            on_sender_report(packet)
+
+    r.receive = receive
+    r._handle_rtp_packet = handle_rtp
+    r._handle_rtcp_packet = handle_rtcp
+
+
+async def _send_remb(receiver: Any, remb: tuple[int, list[int]]) -> None:
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
+
+    rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
+    if rtcp_ssrc is not None:
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+        )
+        await receiver._send_rtcp(packet)
+
+
+def decoder_started(receiver: RTCRtpReceiver) -> bool:
+    """Whether aiortc started a decoder thread for this receiver (never, when tapped)."""
+    r: Any = receiver
+    return r._RTCRtpReceiver__decoder_thread is not None
+
+
+async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Send a Picture Loss Indication to the publisher (RFC 4585 §6.3.1)."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+# ---------------------------------------------------------------------------------
+# Viewer side: write our RTP into the SRTP transport; read the viewer's RTCP.
+# ---------------------------------------------------------------------------------
+
+
+def tap_sender(sender: RTCRtpSender, on_rtcp: Callable[[Any], None]) -> None:
+    """Hand every RTCP packet for this sender to `on_rtcp` after aiortc's own handling.
+
+    aiortc keeps RTT and remote-inbound stats from receiver reports; NACK, PLI, FIR and
+    REMB are ours (aiortc's history never saw forwarded packets and its keyframe flag
+    only affects its encoder).
+    """
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        await original(packet)
+        on_rtcp(packet)
+
+    s: Any = sender
+    s._handle_rtcp_packet = handle_rtcp
+
+
+def feed_sender_report(
+    sender: RTCRtpSender, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int
+) -> None:
+    """Give aiortc's RTCP loop the values of the next sender report (RFC 3550 §6.4.1).
+
+    aiortc's SR is built from counters that only its encoder path updates; without this
+    it would tell the viewer NTP 0 = RTP 0 and break lip sync.
+    """
+    s: Any = sender
+    s._RTCRtpSender__ntp_timestamp = ntp_timestamp
+    s._RTCRtpSender__rtp_timestamp = rtp_timestamp
+    s._RTCRtpSender__packet_count = packets
+    s._RTCRtpSender__octet_count = octets
+
+
+def sender_round_trip_time(sender: RTCRtpSender) -> float | None:
+    """aiortc's smoothed RTT estimate from the viewer's receiver reports, in seconds."""
+    s: Any = sender
+    rtt: float | None = s._RTCRtpSender__rtt
+    return rtt
+
+
+def rtp_sink(dtls: RTCDtlsTransport) -> RtpSink | None:
+    """A synchronous `send(rtp_or_rtcp_bytes)` for a connected transport, or None.
+
+    Replaces aiortc's `_send_rtp` coroutine chain (four nested awaits per packet) with
+    SRTP protect + `sendto` on the nominated candidate pair.
+    """
+    d: Any = dtls
+    if dtls.state != "connected":
+        return None
+    pair = d.transport._connection._nominated.get(1)
+    if pair is None:
+        return None
+    srtp = d._tx_srtp
+    addr = pair.remote_addr
+    protocol = pair.protocol
+    if isinstance(protocol, aioice.ice.StunProtocol) and protocol.transport is not None:
+        sendto = protocol.transport.sendto
+        protect = srtp.protect
+        protect_rtcp = srtp.protect_rtcp
+
+        def send(data: bytes) -> None:
+            sendto(protect_rtcp(data) if is_rtcp(data) else protect(data), addr)
+
+        return send
+
+    def send_relayed(data: bytes) -> None:
+        protected = srtp.protect_rtcp(data) if is_rtcp(data) else srtp.protect(data)
+        spawn(protocol.send_data(protected, addr))
+
+    return send_relayed

@@ -1,0 +1,167 @@
+"""The node's streams and sessions: creates, finds and ends them; expires the idle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiortc import RTCIceServer
+
+from broadcast.config import Settings
+from broadcast.errors import Conflict, NotFound, UnprocessableContent
+from broadcast.media.publisher import PublisherSession
+from broadcast.media.session import Session
+from broadcast.media.viewer import ViewerSession
+from broadcast.registry.base import StreamRegistry
+from broadcast.sfu.stream import Stream
+from broadcast.tasks import spawn
+
+__all__ = ["CONNECT_TIMEOUT", "Hub"]
+
+logger = logging.getLogger(__name__)
+
+# A session whose ICE/DTLS has not come up by then is dropped (clients that re-POST
+# after an ICE failure without DELETE would otherwise leak sessions).
+CONNECT_TIMEOUT = 30.0
+JANITOR_INTERVAL = 1.0
+
+
+class Hub:
+    def __init__(
+        self, settings: Settings, registry: StreamRegistry, ice_servers: list[RTCIceServer]
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.ice_servers = ice_servers
+        self.streams: dict[str, Stream] = {}
+        self.sessions: dict[str, Session] = {}
+        self._janitor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._janitor = asyncio.ensure_future(self._janitor_loop())
+
+    async def close(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.end("server shutting down")
+        await asyncio.gather(*(s.pc.close() for s in sessions), return_exceptions=True)
+        for stream in self.streams.values():
+            stream.close()
+        self.streams.clear()
+
+    def _stream(self, name: str) -> Stream:
+        stream = self.streams.get(name)
+        if stream is None:
+            stream = self.streams[name] = Stream(name)
+        return stream
+
+    async def publish(self, name: str, offer_sdp: str) -> PublisherSession:
+        stream = self._stream(name)
+        now = asyncio.get_event_loop().time()
+        current = stream.publisher
+        if isinstance(current, PublisherSession):
+            if not current.silent(now, CONNECT_TIMEOUT):
+                raise Conflict(
+                    f"stream {name!r} already has a live publisher; stop it first "
+                    "or publish under another name",
+                    retry_after=int(CONNECT_TIMEOUT),
+                )
+            current.end("replaced by a new publisher after going silent")
+        if not await self.registry.claim(name, self.settings.node_id):
+            raise Conflict(f"stream {name!r} is published on another node")
+        session = PublisherSession(stream, self.ice_servers, self._ended)
+        await self._negotiate(session, offer_sdp)
+        stream.set_publisher(session)
+        self.sessions[session.id] = session
+        return session
+
+    async def play(self, name: str, offer_sdp: str) -> ViewerSession:
+        stream = self.streams.get(name)
+        if self.settings.require_live and (stream is None or not stream.live):
+            # draft-ietf-wish-whep §4.2: 409 while no publication is live.
+            raise Conflict(f"stream {name!r} is not live", retry_after=5)
+        stream = self._stream(name)
+        session = ViewerSession(stream, self.ice_servers, self._ended)
+        await self._negotiate(session, offer_sdp)
+        self.sessions[session.id] = session
+        return session
+
+    async def _negotiate(self, session: Session, offer_sdp: str) -> str:
+        try:
+            session.answer = await session.negotiate(offer_sdp)
+        except Exception as exc:
+            session.ended = True
+            await session.pc.close()
+            if isinstance(session, PublisherSession):
+                for feed in session.stream.feeds.values():
+                    feed.detach_source()
+            self._forget_stream_if_unused(session.stream)
+            raise UnprocessableContent(
+                f"the offer could not be negotiated: {_describe(exc)}"
+            ) from exc
+        return session.answer
+
+    def get(self, role: str, name: str, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None or session.role != role or session.stream.name != name:
+            raise NotFound("no such session; it may have ended or expired")
+        return session
+
+    async def delete(self, session: Session) -> None:
+        session.end("deleted by the client")
+        await session.pc.close()
+
+    def _ended(self, session: Session, reason: str) -> None:
+        self.sessions.pop(session.id, None)
+        self._forget_stream_if_unused(session.stream)
+
+    def _forget_stream_if_unused(self, stream: Stream) -> None:
+        if stream.live or stream.subscriptions:
+            return
+        if any(s.stream is stream for s in self.sessions.values()):
+            return
+        if self.streams.get(stream.name) is stream:
+            idle = stream.idle_since
+            grace = self.settings.publisher_grace
+            if idle is not None and asyncio.get_event_loop().time() - idle < grace:
+                return  # a reconnecting publisher gets its stream back
+            del self.streams[stream.name]
+            stream.close()
+            spawn(self.registry.release(stream.name, self.settings.node_id))
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(JANITOR_INTERVAL)
+            try:
+                self.expire(asyncio.get_event_loop().time())
+            except Exception:
+                logger.exception("janitor failed")
+
+    def expire(self, now: float) -> None:
+        """End sessions that never connected and viewers that waited too long."""
+        for session in list(self.sessions.values()):
+            if session.connected_at is None and now - session.created_loop_time > CONNECT_TIMEOUT:
+                session.end("ICE/DTLS did not connect in time")
+            elif isinstance(session, ViewerSession):
+                idle = session.stream.idle_since
+                if idle is not None and now - max(idle, session.created_loop_time) > (
+                    self.settings.wait_timeout
+                ):
+                    session.end("no publisher within BROADCAST_WAIT_TIMEOUT")
+        for stream in list(self.streams.values()):
+            self._forget_stream_if_unused(stream)
+
+    def live_streams(self) -> list[Stream]:
+        return [s for s in self.streams.values() if s.live]
+
+    def viewers_of(self, stream: Stream) -> list[ViewerSession]:
+        return [
+            s for s in self.sessions.values() if isinstance(s, ViewerSession) and s.stream is stream
+        ]
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,111 @@
+"""A WHEP session: one viewer's peer connection, fed by its stream's forwarder."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+)
+
+from broadcast.media import aiortc_glue as glue
+from broadcast.media.session import Role, Session, codec_specs
+from broadcast.sfu.downtrack import DownTrack
+
+__all__ = ["ABS_SEND_TIME_URI", "ViewerSession"]
+
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+class ViewerSession(Session):
+    role: Role = "whep"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.downtracks: dict[str, DownTrack] = {}
+        self.subscribed = False
+
+    def prepare(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind not in self.stream.feeds:
+                continue
+            sender = self.pc.addTrack(glue.ParkedTrack(transceiver.kind))
+            # One MediaStream for all tracks (msid), named after the stream.
+            sender._stream_id = self.stream.name
+            # WHEP: the answer is sendonly even to a sendrecv offer.
+            transceiver.direction = "sendonly"
+            glue.tap_sender(sender, partial(self._on_rtcp, transceiver.kind))
+
+    def on_connected(self) -> None:
+        if self.ended:
+            return
+        for transceiver in self.pc.getTransceivers():
+            kind = transceiver.kind
+            if kind not in self.stream.feeds:
+                continue
+            sink = glue.rtp_sink(transceiver.sender.transport)
+            if sink is None:
+                self.end("transport not usable after connecting")
+                return
+            feed = self.stream.feeds[kind]
+            sender = transceiver.sender
+            extensions = glue.transceiver_extensions(transceiver)
+            downtrack = DownTrack(
+                kind=kind,
+                ssrc=sender._ssrc,
+                rtx_ssrc=sender._rtx_ssrc,
+                codecs=codec_specs(transceiver),
+                send=self._guarded(sink),
+                request_keyframe=feed.request_keyframe,
+                abs_send_time_id=extensions.get(ABS_SEND_TIME_URI),
+            )
+            self.downtracks[kind] = downtrack
+            self.stream.subscribe(self, kind, downtrack, partial(glue.feed_sender_report, sender))
+        self.subscribed = True
+
+    def _guarded(self, sink: glue.RtpSink) -> glue.RtpSink:
+        def send(data: bytes) -> None:
+            try:
+                sink(data)
+            except Exception as exc:  # a viewer's failing socket must not stop the others
+                self.end(f"send failed: {exc!r}")
+
+        return send
+
+    def _on_rtcp(self, kind: str, packet: Any) -> None:
+        downtrack = self.downtracks.get(kind)
+        if downtrack is None:
+            return
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.stream.feeds[kind].on_nack(downtrack, packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            downtrack.on_picture_loss()
+
+    def on_end(self) -> None:
+        self.stream.unsubscribe(self)
+        for downtrack in self.downtracks.values():
+            downtrack.send = _discard
+
+    def stats(self) -> dict[str, object]:
+        base = super().stats()
+        base["tracks"] = {
+            kind: {
+                "packets": d.packets,
+                "bytes": d.octets,
+                "retransmits": d.retransmits,
+                "nacks": d.nacks,
+                "plis": d.plis,
+                "synced": d.synced,
+            }
+            for kind, d in self.downtracks.items()
+        }
+        return base
+
+
+def _discard(data: bytes) -> None:
+    return None

@@ -1,0 +1,194 @@
+"""One viewer's copy of one track: RTP header rewriting, retransmission, its counters.
+
+The hot path is `DownTrack.forward`, called once per publisher packet per viewer. It
+allocates one bytes object (the packet) and never awaits.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable, Sequence
+
+from broadcast.protocol.rtp import rtx_payload
+from broadcast.sfu.codecs import CodecSpec, payload_type_map
+
+__all__ = ["DownTrack", "HistoryEntry"]
+
+# (publisher sequence, timestamp, marker, payload type, payload, source generation)
+HistoryEntry = tuple[int, int, bool, int, bytes, int]
+
+_HEADER = struct.Struct("!BBHII")
+_MASK16 = 0xFFFF
+_MASK32 = 0xFFFFFFFF
+# RFC 8285 §4.2 one-byte header block holding one 3-byte element (abs-send-time).
+_EXT_PROFILE = b"\xbe\xde\x00\x01"
+
+
+class DownTrack:
+    """Rewrites SSRC, payload type, sequence number and timestamp for one viewer.
+
+    Sequence numbers and timestamps stay continuous when the source changes (publisher
+    restart, later simulcast layer switch): the first packet after a change continues
+    from the last one sent (RFC 3550 §5.1), the timestamp advanced by the wall-clock gap.
+    A video downtrack starts, and restarts after a source change, only at a keyframe.
+    """
+
+    __slots__ = (
+        "_ext_prefix",
+        "_rtx_seq",
+        "clock_rate",
+        "codecs",
+        "keyframe_waits",
+        "kind",
+        "last_seq",
+        "last_time",
+        "last_ts",
+        "nacks",
+        "octets",
+        "packets",
+        "plis",
+        "pt_map",
+        "request_keyframe",
+        "retransmits",
+        "rtx_ssrc",
+        "send",
+        "seq_off",
+        "ssrc",
+        "synced",
+        "ts_off",
+        "video",
+    )
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        ssrc: int,
+        rtx_ssrc: int,
+        codecs: Sequence[CodecSpec],
+        send: Callable[[bytes], None],
+        request_keyframe: Callable[[], None],
+        abs_send_time_id: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.video = kind == "video"
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.codecs = list(codecs)
+        self.send = send
+        self.request_keyframe = request_keyframe
+        self._ext_prefix = (
+            b"" if abs_send_time_id is None else _EXT_PROFILE + bytes([abs_send_time_id << 4 | 2])
+        )
+        self.pt_map: dict[int, tuple[int, int | None]] = {}
+        self.clock_rate = 90000 if self.video else 48000
+        self.synced = False
+        self.seq_off = 0
+        self.ts_off = 0
+        # Start below 2^15 like aiortc does, so SRTP's rollover guess is never confused.
+        self.last_seq = random.randint(0, 0x7FFF)
+        self.last_ts = random.getrandbits(32)
+        self.last_time: float | None = None
+        self._rtx_seq = random.randint(0, 0x7FFF)
+        self.packets = 0
+        self.octets = 0
+        self.retransmits = 0
+        self.nacks = 0
+        self.plis = 0
+        self.keyframe_waits = 0
+
+    def set_source(self, publisher_codecs: Sequence[CodecSpec]) -> None:
+        """A new source (publisher) feeds this track: remap payload types, resync."""
+        self.pt_map = payload_type_map(publisher_codecs, self.codecs)
+        for codec in publisher_codecs:
+            if not codec.is_rtx:
+                self.clock_rate = codec.clock_rate
+                break
+        self.synced = False
+
+    def forward(
+        self,
+        pt: int,
+        seq: int,
+        ts: int,
+        marker: bool,
+        payload: bytes,
+        keyframe: bool,
+        abs_send_time: bytes,
+        now: float,
+    ) -> None:
+        if not self.synced:
+            if self.video and not keyframe:
+                return
+            self._resync(seq, ts, now)
+        mapped = self.pt_map.get(pt)
+        if mapped is None:
+            return
+        out_seq = (seq + self.seq_off) & _MASK16
+        out_ts = (ts + self.ts_off) & _MASK32
+        if self._ext_prefix:
+            data = (
+                _HEADER.pack(0x90, marker << 7 | mapped[0], out_seq, out_ts, self.ssrc)
+                + self._ext_prefix
+                + abs_send_time
+                + payload
+            )
+        else:
+            data = _HEADER.pack(0x80, marker << 7 | mapped[0], out_seq, out_ts, self.ssrc) + payload
+        self.send(data)
+        if (out_seq - self.last_seq) & _MASK16 < 0x8000:
+            self.last_seq = out_seq
+            self.last_ts = out_ts
+            self.last_time = now
+        self.packets += 1
+        self.octets += len(payload)
+
+    def _resync(self, seq: int, ts: int, now: float) -> None:
+        if self.last_time is None:
+            gap = 0
+        else:
+            gap = max(1, int((now - self.last_time) * self.clock_rate))
+        self.seq_off = (self.last_seq + 1 - seq) & _MASK16
+        self.ts_off = (self.last_ts + gap - ts) & _MASK32
+        self.synced = True
+
+    def on_nack(
+        self, lost: Sequence[int], history: Sequence[HistoryEntry | None], gen: int
+    ) -> None:
+        """Answer a Generic NACK (RFC 4585 §6.2.1) from the packet history, as RTX.
+
+        Without a negotiated RTX payload type there is no way to resend: SRTP would
+        reject a repeated sequence number (RFC 3711 §3.3.2), so the loss stands.
+        """
+        self.nacks += 1
+        if not self.synced:
+            return
+        size = len(history)
+        for out_seq in lost:
+            pub_seq = (out_seq - self.seq_off) & _MASK16
+            entry = history[pub_seq % size]
+            if entry is None or entry[0] != pub_seq or entry[5] != gen:
+                continue
+            mapped = self.pt_map.get(entry[3])
+            if mapped is None or mapped[1] is None:
+                continue
+            self._rtx_seq = (self._rtx_seq + 1) & _MASK16
+            out_ts = (entry[1] + self.ts_off) & _MASK32
+            # RFC 4588 §4: RTX payload = original sequence number + original payload.
+            self.send(
+                _HEADER.pack(0x80, entry[2] << 7 | mapped[1], self._rtx_seq, out_ts, self.rtx_ssrc)
+                + rtx_payload(out_seq, entry[4])
+            )
+            self.retransmits += 1
+
+    def on_picture_loss(self) -> None:
+        """The viewer lost a picture (PLI/FIR): ask the publisher, rate-limited upstream."""
+        self.plis += 1
+        self.request_keyframe()
+
+    def report_timestamp(self, publisher_rtp: int) -> int | None:
+        """This viewer's RTP timestamp for a publisher timestamp, once media has flowed."""
+        if not self.synced:
+            return None
+        return (publisher_rtp + self.ts_off) & _MASK32

@@ -1,0 +1,171 @@
+"""One track of a stream (audio or video): the publisher's packets in, viewers out.
+
+A feed outlives its publisher: when a publisher restarts, the new one is attached as a
+new *source generation* and every viewer's DownTrack resynchronises at its next keyframe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from broadcast.protocol.keyframes import is_keyframe_start
+from broadcast.protocol.rtp import abs_send_time, abs_send_time_bytes, ntp_to_seconds
+from broadcast.sfu.codecs import CodecSpec
+from broadcast.sfu.downtrack import DownTrack, HistoryEntry
+
+__all__ = ["HISTORY_SIZE", "PLI_INTERVAL", "TrackFeed"]
+
+logger = logging.getLogger(__name__)
+
+# Packets kept for NACK: ~4 s of 2.5 Mbit/s video. A power of two (index = seq % size).
+HISTORY_SIZE = 1024
+# At most one keyframe request upstream per interval (RFC 4585 §3.5.2 asks for restraint;
+# a keyframe costs the publisher 5-10x a delta frame).
+PLI_INTERVAL = 0.5
+NTP_UNIX_OFFSET = 2208988800
+
+
+class TrackFeed:
+    """Fans one publisher track out to many DownTracks; keeps the NACK history."""
+
+    def __init__(self, kind: str, *, now: Callable[[], float] | None = None) -> None:
+        self.kind = kind
+        self.video = kind == "video"
+        self._now = now or asyncio.get_event_loop().time
+        self.downtracks: list[DownTrack] = []
+        self.history: list[HistoryEntry | None] = [None] * HISTORY_SIZE
+        self.generation = 0
+        self.codecs: list[CodecSpec] = []
+        self.clock_rate = 90000 if self.video else 48000
+        self._codec_names: dict[int, str] = {}
+        self._requester: Callable[[int], None] | None = None
+        self.media_ssrc: int | None = None
+        self.last_pt: int | None = None
+        self._last_pli = -PLI_INTERVAL
+        self._pli_timer: asyncio.TimerHandle | None = None
+        # Publisher clock: last SR as (NTP seconds, RTP timestamp, local arrival time).
+        self.sender_report: tuple[float, int, float] | None = None
+        self.last_arrival: float | None = None
+        self.last_timestamp = 0
+        self.packets = 0
+        self.octets = 0
+        self.keyframes = 0
+        self.keyframe_requests = 0
+
+    @property
+    def live(self) -> bool:
+        return self._requester is not None
+
+    @property
+    def active_codec(self) -> str | None:
+        """The MIME type of what the publisher sends now (first negotiated until then)."""
+        for codec in self.codecs:
+            if codec.payload_type == self.last_pt or (self.last_pt is None and not codec.is_rtx):
+                return codec.mime
+        return None
+
+    def attach_source(
+        self, codecs: Sequence[CodecSpec], request_keyframe: Callable[[int], None]
+    ) -> None:
+        """A publisher starts feeding this track (first publisher or a restart)."""
+        self.generation += 1
+        self.codecs = list(codecs)
+        self._codec_names = {c.payload_type: c.name.lower() for c in codecs if not c.is_rtx}
+        for codec in codecs:
+            if not codec.is_rtx:
+                self.clock_rate = codec.clock_rate
+                break
+        self._requester = request_keyframe
+        self.media_ssrc = None
+        self.sender_report = None
+        self.last_arrival = None
+        for downtrack in self.downtracks:
+            downtrack.set_source(self.codecs)
+
+    def detach_source(self) -> None:
+        self._requester = None
+        self.media_ssrc = None
+        if self._pli_timer is not None:
+            self._pli_timer.cancel()
+            self._pli_timer = None
+
+    def add(self, downtrack: DownTrack) -> None:
+        downtrack.set_source(self.codecs)
+        self.downtracks.append(downtrack)
+        if self.video:
+            self.request_keyframe()
+
+    def remove(self, downtrack: DownTrack) -> None:
+        if downtrack in self.downtracks:
+            self.downtracks.remove(downtrack)
+
+    def on_rtp(
+        self, pt: int, seq: int, ts: int, marker: bool, payload: bytes, ssrc: int, now: float
+    ) -> None:
+        """One publisher packet (SRTP-decrypted, RTX-unwrapped): store it, fan it out."""
+        keyframe = False
+        if self.video:
+            codec = self._codec_names.get(pt)
+            if codec is not None and is_keyframe_start(codec, payload):
+                keyframe = True
+                self.keyframes += 1
+        self.media_ssrc = ssrc
+        self.last_pt = pt
+        self.history[seq % HISTORY_SIZE] = (seq, ts, marker, pt, payload, self.generation)
+        self.last_arrival = now
+        self.last_timestamp = ts
+        self.packets += 1
+        self.octets += len(payload)
+        stamp = abs_send_time_bytes(abs_send_time(now))
+        for downtrack in self.downtracks:
+            downtrack.forward(pt, seq, ts, marker, payload, keyframe, stamp, now)
+
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, now: float) -> None:
+        self.sender_report = (ntp_to_seconds(ntp_timestamp), rtp_timestamp, now)
+
+    def on_nack(self, downtrack: DownTrack, lost: Sequence[int]) -> None:
+        downtrack.on_nack(lost, self.history, self.generation)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, coalescing requests within PLI_INTERVAL."""
+        if self._requester is None or self._pli_timer is not None:
+            return
+        wait = self._last_pli + PLI_INTERVAL - self._now()
+        if wait <= 0:
+            self._send_pli()
+        else:
+            self._pli_timer = asyncio.get_event_loop().call_later(wait, self._deferred_pli)
+
+    def _deferred_pli(self) -> None:
+        self._pli_timer = None
+        self._send_pli()
+
+    def _send_pli(self) -> None:
+        if self._requester is None or self.media_ssrc is None:
+            # Nothing received yet: the publisher's first frame is a keyframe anyway.
+            return
+        self._last_pli = self._now()
+        self.keyframe_requests += 1
+        self._requester(self.media_ssrc)
+
+    def clock_at(self, now: float) -> tuple[float, float] | None:
+        """(NTP seconds, publisher RTP timestamp) for the instant `now`.
+
+        From the publisher's last sender report when there is one (so audio and video,
+        both mapped through the publisher's own NTP clock, stay in sync: RFC 3550 §6.4.1),
+        else from the arrival of the last packet.
+        """
+        if self.sender_report is not None:
+            ntp, rtp, arrived = self.sender_report
+            elapsed = now - arrived
+            return ntp + elapsed, rtp + elapsed * self.clock_rate
+        if self.last_arrival is None:
+            return None
+        elapsed = now - self.last_arrival
+        return self._wall(now), self.last_timestamp + elapsed * self.clock_rate
+
+    def _wall(self, now: float) -> float:
+        return time.time() + NTP_UNIX_OFFSET - (self._now() - now)

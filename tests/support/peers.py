@@ -1,0 +1,207 @@
+"""Real aiortc peers for integration tests: a WHIP publisher and WHEP viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import time
+from dataclasses import dataclass, field
+
+import av
+import httpx
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+
+VIDEO_CLOCK = 90000
+
+
+class PatternVideo(VideoStreamTrack):
+    """Frames that differ from each other (a moving luma ramp), at 30 fps."""
+
+    def __init__(self, width: int = 640, height: int = 360) -> None:
+        super().__init__()
+        self.width = width
+        self.height = height
+        self.count = 0
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        shade = (self.count * 7) % 200 + 20
+        for i, plane in enumerate(frame.planes):
+            plane.update(bytes([shade if i == 0 else 128]) * plane.buffer_size)
+        self.count += 1
+        frame.pts = pts
+        frame.time_base = time_base
+        return frame
+
+
+class ToneAudio(AudioStreamTrack):
+    """A 440 Hz tone, 20 ms frames of 48 kHz mono s16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sample = 0
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        samples = frame.samples
+        data = bytearray()
+        for i in range(samples):
+            value = int(8000 * math.sin(2 * math.pi * 440 * (self.sample + i) / 48000))
+            data += value.to_bytes(2, "little", signed=True)
+        self.sample += samples
+        frame.planes[0].update(bytes(data))
+        return frame
+
+
+@dataclass
+class WhipResult:
+    status: int
+    location: str | None
+    etag: str | None
+    headers: httpx.Headers
+    answer: str
+
+
+async def exchange(
+    client: httpx.AsyncClient, url: str, pc: RTCPeerConnection, token: str | None = None
+) -> WhipResult:
+    """POST our offer (candidates included) and apply the answer."""
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = await client.post(url, content=pc.localDescription.sdp, headers=headers)
+    result = WhipResult(
+        status=response.status_code,
+        location=response.headers.get("location"),
+        etag=response.headers.get("etag"),
+        headers=response.headers,
+        answer=response.text,
+    )
+    if response.status_code == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+    return result
+
+
+def prefer(pc: RTCPeerConnection, kind: str, mime: str) -> None:
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == kind:
+            caps = RTCRtpSender.getCapabilities(kind).codecs
+            chosen = [c for c in caps if c.mimeType.lower() == mime.lower()]
+            rtx = [c for c in caps if c.mimeType.lower() == f"{kind}/rtx"]
+            transceiver.setCodecPreferences(chosen[:1] + rtx)
+
+
+class Publisher:
+    def __init__(
+        self, base_url: str, stream: str, *, video_codec: str = "video/VP8", size=(640, 360)
+    ) -> None:
+        self.url = f"{base_url}/whip/{stream}"
+        self.base_url = base_url
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.video = PatternVideo(*size)
+        self.audio = ToneAudio()
+        self.pc.addTransceiver(self.video, direction="sendonly")
+        self.pc.addTransceiver(self.audio, direction="sendonly")
+        prefer(self.pc, "video", video_codec)
+        self.result: WhipResult | None = None
+        self.connected = asyncio.Event()
+
+        @self.pc.on("connectionstatechange")
+        def _() -> None:
+            if self.pc.connectionState == "connected":
+                self.connected.set()
+
+    async def start(self, client: httpx.AsyncClient, token: str | None = None) -> WhipResult:
+        self.result = await exchange(client, self.url, self.pc, token)
+        return self.result
+
+    async def stop(self, client: httpx.AsyncClient | None = None) -> None:
+        if client is not None and self.result and self.result.location:
+            await client.delete(self.base_url + self.result.location)
+        await self.pc.close()
+
+
+@dataclass
+class TrackStats:
+    frames: int = 0
+    first_frame_at: float | None = None
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+    frame_event: asyncio.Event = field(default_factory=asyncio.Event)
+    target: int = 0
+
+
+class Viewer:
+    def __init__(self, base_url: str, stream: str) -> None:
+        self.url = f"{base_url}/whep/{stream}"
+        self.base_url = base_url
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.video = TrackStats()
+        self.audio = TrackStats()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.result: WhipResult | None = None
+        self.posted_at: float | None = None
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            stats = self.video if track.kind == "video" else self.audio
+            self.tasks.append(asyncio.ensure_future(self._consume(track, stats)))
+
+    async def _consume(self, track: MediaStreamTrack, stats: TrackStats) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                stats.frames += 1
+                if stats.first_frame_at is None:
+                    stats.first_frame_at = time.monotonic()
+                if isinstance(frame, av.VideoFrame):
+                    stats.sizes.add((frame.width, frame.height))
+                if stats.frames >= stats.target:
+                    stats.frame_event.set()
+        except MediaStreamError:
+            return
+
+    async def start(self, client: httpx.AsyncClient, token: str | None = None) -> WhipResult:
+        self.posted_at = time.monotonic()
+        self.result = await exchange(client, self.url, self.pc, token)
+        return self.result
+
+    async def wait_frames(self, video: int, audio: int = 0, timeout: float = 20.0) -> None:
+        """Wait until this many frames were decoded (bounded by `timeout`)."""
+        self.video.target = video
+        self.audio.target = audio
+        self.video.frame_event.clear()
+        self.audio.frame_event.clear()
+        if self.video.frames >= video:
+            self.video.frame_event.set()
+        if self.audio.frames >= audio:
+            self.audio.frame_event.set()
+        await asyncio.wait_for(
+            asyncio.gather(self.video.frame_event.wait(), self.audio.frame_event.wait()), timeout
+        )
+
+    def first_frame_delay(self) -> float | None:
+        if self.video.first_frame_at is None or self.posted_at is None:
+            return None
+        return self.video.first_frame_at - self.posted_at
+
+    async def stop(self, client: httpx.AsyncClient | None = None) -> None:
+        if client is not None and self.result and self.result.location:
+            await client.delete(self.base_url + self.result.location)
+        await self.pc.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+__all__ = ["Publisher", "Viewer", "exchange", "fractions"]
