@@ -68,6 +68,7 @@ class Session:
         self.created_loop_time = asyncio.get_event_loop().time()
         self.connected_at: float | None = None
         self.ended = False
+        self.end_reason: str | None = None
         self.answer = ""
         self.remote_ufrag: str | None = None
         self._on_ended = on_ended
@@ -124,6 +125,7 @@ class Session:
         if self.ended:
             return
         self.ended = True
+        self.end_reason = reason
         self.log.info("%s session ended: %s", self.role.upper(), reason)
         self.on_end()
         self._on_ended(self, reason)

@@ -62,9 +62,15 @@ def is_keyframe_start(codec: str, payload: bytes) -> bool:
                 # fragment, Type is the fragmented NAL unit's own type.
                 fu_header = p[1]
                 original = fu_header & 0x1F
-                return fu_header & 0x80 != 0 and (original == _H264_IDR or original == _H264_SPS)
-            if nal_type == _H264_IDR or nal_type == _H264_SPS:
+                if not fu_header & 0x80:
+                    return False
+                # An IDR picture may have several slices: only its first slice
+                # (first_mb_in_slice = 0, coded ue(v) "1", ITU-T H.264 §7.3.3) starts it.
+                return original == _H264_SPS or (original == _H264_IDR and p[2] & 0x80 != 0)
+            if nal_type == _H264_SPS:
                 return True  # RFC 6184 §5.6: single NAL unit packet
+            if nal_type == _H264_IDR:
+                return p[1] & 0x80 != 0
             if nal_type == _H264_STAP_A:
                 # RFC 6184 §5.7.1: STAP-A header, then (16-bit NALU size, NAL unit)*. Senders
                 # put SPS/PPS (and often the IDR) in one STAP-A ahead of the slices.

@@ -9,6 +9,18 @@ from broadcast.protocol.offer import h264_profile
 
 __all__ = ["CodecSpec", "payload_type_map"]
 
+# Which H.264 profiles a decoder of the key profile also decodes (ITU-T H.264 Annex A).
+# Plain Baseline is taken as Constrained Baseline: the encoders that send it (x264,
+# FFmpeg, OpenH264) use neither FMO nor ASO, and browsers decode it so.
+_BASELINE = ("constrained-baseline", "baseline")
+_H264_DECODES: dict[str, tuple[str, ...]] = {
+    "constrained-baseline": _BASELINE,
+    "baseline": _BASELINE,
+    "main": (*_BASELINE, "main"),
+    "constrained-high": (*_BASELINE, "main", "constrained-high"),
+    "high": (*_BASELINE, "main", "constrained-high", "high"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class CodecSpec:
@@ -42,12 +54,20 @@ class CodecSpec:
         # RFC 6184 §8.1: packetization-mode defaults to 0 when absent.
         return profile, params.get("packetization-mode", "0")
 
-    def carries(self, other: CodecSpec) -> bool:
-        """True if RTP of `other` can be sent with this codec's payload type as is."""
+    def carries(self, other: CodecSpec, *, exact: bool = True) -> bool:
+        """True if RTP of `other` can be sent with this codec's payload type as is.
+
+        With `exact=False` an H.264 decoder of a wider profile takes a narrower one.
+        """
         if self.mime != other.mime or self.clock_rate != other.clock_rate:
             return False
         if self.mime == "video/h264":
-            return self._h264_key() == other._h264_key()
+            mine, theirs = self._h264_key(), other._h264_key()
+            if mine[1] != theirs[1]:
+                return False
+            return mine[0] == theirs[0] or (
+                not exact and theirs[0] in _H264_DECODES.get(mine[0], ())
+            )
         return True
 
 
@@ -65,11 +85,9 @@ def payload_type_map(
     for codec in publisher:
         if codec.is_rtx:
             continue
-        for candidate in media:
-            if candidate.carries(codec):
-                mapping[codec.payload_type] = (
-                    candidate.payload_type,
-                    rtx_for.get(candidate.payload_type),
-                )
-                break
+        match = next((c for c in media if c.carries(codec)), None) or next(
+            (c for c in media if c.carries(codec, exact=False)), None
+        )
+        if match is not None:
+            mapping[codec.payload_type] = (match.payload_type, rtx_for.get(match.payload_type))
     return mapping

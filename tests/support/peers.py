@@ -6,6 +6,7 @@ import asyncio
 import fractions
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
@@ -72,14 +73,21 @@ class WhipResult:
 
 
 async def exchange(
-    client: httpx.AsyncClient, url: str, pc: RTCPeerConnection, token: str | None = None
+    client: httpx.AsyncClient,
+    url: str,
+    pc: RTCPeerConnection,
+    token: str | None = None,
+    munge: Callable[[str], str] | None = None,
 ) -> WhipResult:
     """POST our offer (candidates included) and apply the answer."""
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    response = await client.post(url, content=pc.localDescription.sdp, headers=headers)
+    offer = pc.localDescription.sdp
+    if munge is not None:
+        offer = munge(offer)
+    response = await client.post(url, content=offer, headers=headers)
     result = WhipResult(
         status=response.status_code,
         location=response.headers.get("location"),
@@ -103,7 +111,12 @@ def prefer(pc: RTCPeerConnection, kind: str, mime: str) -> None:
 
 class Publisher:
     def __init__(
-        self, base_url: str, stream: str, *, video_codec: str = "video/VP8", size=(640, 360)
+        self,
+        base_url: str,
+        stream: str,
+        *,
+        video_codec: str | None = "video/VP8",
+        size: tuple[int, int] = (640, 360),
     ) -> None:
         self.url = f"{base_url}/whip/{stream}"
         self.base_url = base_url
@@ -112,7 +125,8 @@ class Publisher:
         self.audio = ToneAudio()
         self.pc.addTransceiver(self.video, direction="sendonly")
         self.pc.addTransceiver(self.audio, direction="sendonly")
-        prefer(self.pc, "video", video_codec)
+        if video_codec is not None:
+            prefer(self.pc, "video", video_codec)
         self.result: WhipResult | None = None
         self.connected = asyncio.Event()
 
@@ -121,8 +135,13 @@ class Publisher:
             if self.pc.connectionState == "connected":
                 self.connected.set()
 
-    async def start(self, client: httpx.AsyncClient, token: str | None = None) -> WhipResult:
-        self.result = await exchange(client, self.url, self.pc, token)
+    async def start(
+        self,
+        client: httpx.AsyncClient,
+        token: str | None = None,
+        munge: Callable[[str], str] | None = None,
+    ) -> WhipResult:
+        self.result = await exchange(client, self.url, self.pc, token, munge)
         return self.result
 
     async def stop(self, client: httpx.AsyncClient | None = None) -> None:
@@ -135,6 +154,7 @@ class Publisher:
 class TrackStats:
     frames: int = 0
     first_frame_at: float | None = None
+    first_frame_wall: float | None = None
     sizes: set[tuple[int, int]] = field(default_factory=set)
     frame_event: asyncio.Event = field(default_factory=asyncio.Event)
     target: int = 0
@@ -165,6 +185,7 @@ class Viewer:
                 stats.frames += 1
                 if stats.first_frame_at is None:
                     stats.first_frame_at = time.monotonic()
+                    stats.first_frame_wall = time.time()
                 if isinstance(frame, av.VideoFrame):
                     stats.sizes.add((frame.width, frame.height))
                 if stats.frames >= stats.target:
