@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from broadcast.protocol.links import ice_server_links
+
 __all__ = ["ENV_PREFIX", "Settings", "load_settings"]
 
 ENV_PREFIX = "BROADCAST_"
@@ -58,6 +60,8 @@ class Settings(BaseSettings):
         for url in value:
             if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
                 raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        # Fail at start, not on every request, if a URL cannot go in a Link header.
+        ice_server_links(value, turn_secret="check", turn_ttl=1, now=0.0, user="check")
         return value
 
     @model_validator(mode="after")

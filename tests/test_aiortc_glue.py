@@ -1,0 +1,117 @@
+"""One test per hook into aiortc internals (broadcast/media/aiortc_glue.py).
+
+If an aiortc upgrade moves one of these private names, this file fails first. The RTP tap
+(`tap_receiver`) and the SRTP sink (`rtp_sink`) are exercised end to end by
+tests/test_forwarding.py, which also asserts that no decoder thread is ever started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aioice.ice
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import CODECS
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from broadcast.media import aiortc_glue as glue
+
+
+def test_passthrough_codecs_registered_once_with_rtx() -> None:
+    glue.register_passthrough_codecs()
+    before = len(CODECS["video"])
+    glue.register_passthrough_codecs()
+    assert len(CODECS["video"]) == before
+    names = {(c.mimeType, c.parameters.get("profile-level-id")) for c in CODECS["video"]}
+    for expected in [
+        ("video/H264", "4d001f"),
+        ("video/H264", "64001f"),
+        ("video/H264", "640c1f"),
+        ("video/VP9", None),
+        ("video/AV1", None),
+    ]:
+        assert expected in names
+    pts = [c.payloadType for c in CODECS["video"] + CODECS["audio"]]
+    assert len(pts) == len(set(pts)), "payload types must be unique"
+    apts = {c.parameters["apt"] for c in CODECS["video"] if c.mimeType == "video/rtx"}
+    media = {c.payloadType for c in CODECS["video"] if c.mimeType != "video/rtx"}
+    assert media <= apts, "every video codec has an RTX payload type"
+
+
+def test_restrict_host_addresses_and_restore() -> None:
+    glue.restrict_host_addresses(["127.0.0.1", "::1"])
+    try:
+        assert aioice.ice.get_host_addresses(True, False) == ["127.0.0.1"]
+        assert aioice.ice.get_host_addresses(True, True) == ["127.0.0.1", "::1"]
+    finally:
+        glue.restrict_host_addresses([])
+    assert aioice.ice.get_host_addresses is glue._ORIGINAL_GET_HOST_ADDRESSES
+
+
+async def _offer(profile_level_id: str) -> str:
+    client = RTCPeerConnection()
+    client.addTransceiver("video", direction="sendonly")
+    await client.setLocalDescription(await client.createOffer())
+    sdp: str = client.localDescription.sdp
+    await client.close()
+    return sdp.replace("profile-level-id=42e01f", f"profile-level-id={profile_level_id}")
+
+
+async def test_answer_echoes_the_offered_h264_level() -> None:
+    glue.register_passthrough_codecs()
+    offer = await _offer("640032")
+    pc = glue.new_peer_connection([])
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    glue.adopt_offered_h264_parameters(pc, offer)
+    await pc.setLocalDescription(await pc.createAnswer())
+    answer = pc.localDescription.sdp
+    await pc.close()
+    assert "profile-level-id=640032" in answer
+
+
+async def test_new_peer_connection_uses_no_public_stun() -> None:
+    pc = glue.new_peer_connection([])
+    pc.addTransceiver("audio")
+    await pc.setLocalDescription(await pc.createOffer())
+    assert "typ srflx" not in pc.localDescription.sdp
+    await pc.close()
+
+
+async def test_parked_track_never_yields() -> None:
+    track = glue.ParkedTrack("video")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(track.recv(), 0.05)
+
+
+async def test_sender_report_values_reach_aiortc_stats() -> None:
+    pc = RTCPeerConnection()
+    sender = pc.addTransceiver("video", direction="sendonly").sender
+    assert isinstance(sender, RTCRtpSender)
+    glue.feed_sender_report(
+        sender, ntp_timestamp=1 << 40, rtp_timestamp=90000, packets=7, octets=700
+    )
+    stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
+    assert (stats[0].packetsSent, stats[0].bytesSent) == (7, 700)
+    assert glue.sender_round_trip_time(sender) is None
+    await pc.close()
+
+
+async def test_rtp_sink_is_none_until_connected() -> None:
+    pc = RTCPeerConnection()
+    transceiver = pc.addTransceiver("video")
+    assert glue.rtp_sink(transceiver.sender.transport) is None
+    await pc.close()
+
+
+async def test_tap_sender_sees_rtcp_after_aiortc() -> None:
+    from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+
+    pc = RTCPeerConnection()
+    sender = pc.addTransceiver("video", direction="sendonly").sender
+    seen: list[object] = []
+    glue.tap_sender(sender, seen.append)
+    packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc)
+    await sender._handle_rtcp_packet(packet)
+    assert seen == [packet]
+    await pc.close()
