@@ -37,6 +37,13 @@ async def test_three_viewers_decode_without_server_decoding(server, codec: str) 
     assert stream.publisher.decoders_started() == 0
     sent = [v.downtracks["video"].packets for v in hub.viewers_of(stream)]
     assert len(sent) == 3 and min(sent) > 60
+    detail = (await server.client.get("/api/streams/live")).json()
+    assert detail["viewers"] == 3 and len(detail["viewer_sessions"]) == 3
+    assert {t["kind"] for t in detail["tracks"]} == {"audio", "video"}
+    for session in detail["viewer_sessions"]:
+        video = session["tracks"]["video"]
+        assert video["packets"] > 60 and video["bitrate_bps"] > 10_000
+        assert video["packets_lost"] <= 5 and 0 <= video["fraction_lost"] < 0.05
     for viewer in viewers:
         await viewer.stop(server.client)
     await publisher.stop(server.client)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any
 
+from aiortc import RTCRtpSender
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpRtpfbPacket,
+    RtcpSrPacket,
 )
 
 from broadcast.media import aiortc_glue as glue
@@ -28,7 +32,9 @@ class ViewerSession(Session):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.downtracks: dict[str, DownTrack] = {}
-        self.subscribed = False
+        self._senders: dict[str, RTCRtpSender] = {}
+        self._rate_samples: dict[str, tuple[float, int]] = {}
+        self._connected_wall = time.monotonic()
 
     def prepare(self) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -65,8 +71,9 @@ class ViewerSession(Session):
                 abs_send_time_id=extensions.get(ABS_SEND_TIME_URI),
             )
             self.downtracks[kind] = downtrack
+            self._senders[kind] = sender
             self.stream.subscribe(self, kind, downtrack, partial(glue.feed_sender_report, sender))
-        self.subscribed = True
+        self._connected_wall = time.monotonic()
 
     def _guarded(self, sink: glue.RtpSink) -> glue.RtpSink:
         def send(data: bytes) -> None:
@@ -85,6 +92,12 @@ class ViewerSession(Session):
             self.stream.feeds[kind].on_nack(downtrack, packet.lost)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             downtrack.on_picture_loss()
+        elif isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+            for report in packet.reports:
+                if report.ssrc == downtrack.ssrc:
+                    downtrack.on_receiver_report(
+                        report.fraction_lost, report.packets_lost, report.jitter
+                    )
 
     def on_end(self) -> None:
         self.stream.unsubscribe(self)
@@ -93,17 +106,28 @@ class ViewerSession(Session):
 
     def stats(self) -> dict[str, object]:
         base = super().stats()
-        base["tracks"] = {
-            kind: {
+        now = time.monotonic()
+        tracks: dict[str, object] = {}
+        for kind, d in self.downtracks.items():
+            then, octets = self._rate_samples.get(kind, (self._connected_wall, 0))
+            self._rate_samples[kind] = (now, d.octets)
+            elapsed = now - then
+            rtt = glue.sender_round_trip_time(self._senders[kind])
+            tracks[kind] = {
                 "packets": d.packets,
                 "bytes": d.octets,
+                "bitrate_bps": round((d.octets - octets) * 8 / elapsed) if elapsed > 0 else 0,
+                "fraction_lost": d.fraction_lost,
+                "packets_lost": d.packets_lost,
+                "jitter_s": d.jitter,
+                "rtt_s": rtt,
                 "retransmits": d.retransmits,
                 "nacks": d.nacks,
                 "plis": d.plis,
                 "synced": d.synced,
+                "layer": None,
             }
-            for kind, d in self.downtracks.items()
-        }
+        base["tracks"] = tracks
         return base
 
 

@@ -39,6 +39,8 @@ class DownTrack:
         "_rtx_seq",
         "clock_rate",
         "codecs",
+        "fraction_lost",
+        "jitter",
         "keyframe_waits",
         "kind",
         "last_seq",
@@ -47,6 +49,7 @@ class DownTrack:
         "nacks",
         "octets",
         "packets",
+        "packets_lost",
         "plis",
         "pt_map",
         "request_keyframe",
@@ -97,6 +100,10 @@ class DownTrack:
         self.nacks = 0
         self.plis = 0
         self.keyframe_waits = 0
+        # From the viewer's receiver reports (RFC 3550 §6.4.1), for stats and ABR.
+        self.fraction_lost = 0.0
+        self.packets_lost = 0
+        self.jitter = 0.0
 
     def set_source(self, publisher_codecs: Sequence[CodecSpec]) -> None:
         """A new source (publisher) feeds this track: remap payload types, resync."""
@@ -186,6 +193,12 @@ class DownTrack:
         """The viewer lost a picture (PLI/FIR): ask the publisher, rate-limited upstream."""
         self.plis += 1
         self.request_keyframe()
+
+    def on_receiver_report(self, fraction_lost: int, packets_lost: int, jitter: int) -> None:
+        """A report block about this track: loss as a fraction, jitter in seconds."""
+        self.fraction_lost = fraction_lost / 256
+        self.packets_lost = packets_lost
+        self.jitter = jitter / self.clock_rate
 
     def report_timestamp(self, publisher_rtp: int) -> int | None:
         """This viewer's RTP timestamp for a publisher timestamp, once media has flowed."""
