@@ -1,0 +1,156 @@
+"""The forwarding core with literal packets: rewriting, continuity, RTX, PLI, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from broadcast.protocol.rtp import ntp_to_seconds, seconds_to_ntp
+from broadcast.sfu.codecs import CodecSpec
+from broadcast.sfu.downtrack import DownTrack
+from broadcast.sfu.feed import PLI_INTERVAL, TrackFeed
+from broadcast.sfu.stream import Stream
+
+VP8_PUB = [CodecSpec(96, "video/vp8", 90000), CodecSpec(97, "video/rtx", 90000, None, {"apt": 96})]
+VP8_VIEW = [
+    CodecSpec(120, "video/vp8", 90000),
+    CodecSpec(121, "video/rtx", 90000, None, {"apt": 120}),
+]
+KEY = b"\x10\x00\x9d\x01\x2a"  # VP8 descriptor S=1 PID=0, payload header P=0: keyframe
+DELTA = b"\x10\x01\x00\x00"  # P=1
+
+
+def header(packet: bytes) -> tuple[int, int, int, int, int]:
+    first, second, seq, ts, ssrc = struct.unpack("!BBHII", packet[:12])
+    return second & 0x7F, second >> 7, seq, ts, ssrc
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def __call__(self, data: bytes) -> None:
+        self.packets.append(data)
+
+
+def downtrack(sink: Sink, requests: list[int] | None = None) -> DownTrack:
+    return DownTrack(
+        kind="video",
+        ssrc=0xAAAA,
+        rtx_ssrc=0xBBBB,
+        codecs=VP8_VIEW,
+        send=sink,
+        request_keyframe=lambda: (requests or []).append(1),
+    )
+
+
+def test_starts_at_a_keyframe_and_rewrites_every_field() -> None:
+    sink = Sink()
+    track = downtrack(sink)
+    track.set_source(VP8_PUB)
+    track.forward(96, 1000, 5000, False, DELTA, False, b"", 0.0)
+    assert sink.packets == []  # never start on a delta frame
+    track.forward(96, 1001, 8000, True, KEY, True, b"", 0.0)
+    track.forward(96, 1002, 11000, True, DELTA, False, b"", 0.033)
+    (pt1, m1, seq1, ts1, ssrc1), (pt2, _, seq2, ts2, _) = map(header, sink.packets)
+    assert (pt1, m1, ssrc1) == (120, 1, 0xAAAA)
+    assert pt2 == 120 and seq2 == (seq1 + 1) & 0xFFFF and ts2 == (ts1 + 3000) & 0xFFFFFFFF
+    assert seq1 < 0x8000 + 1  # starts low, like aiortc (SRTP rollover)
+    assert sink.packets[0].endswith(KEY)
+
+
+def test_source_change_keeps_sequence_and_timestamp_continuous() -> None:
+    sink = Sink()
+    track = downtrack(sink)
+    track.set_source(VP8_PUB)
+    track.forward(96, 60000, 1_000_000, True, KEY, True, b"", 10.0)
+    track.forward(96, 60001, 1_003_000, True, DELTA, False, b"", 10.033)
+    track.set_source(VP8_PUB)  # a new publisher: unrelated numbering
+    track.forward(96, 7, 42, True, DELTA, False, b"", 11.0)  # waits for a keyframe
+    track.forward(96, 8, 3042, True, KEY, True, b"", 11.5)
+    seqs = [header(p)[2] for p in sink.packets]
+    stamps = [header(p)[3] for p in sink.packets]
+    assert len(seqs) == 3 and seqs[2] == (seqs[1] + 1) & 0xFFFF
+    gap = (stamps[2] - stamps[1]) & 0xFFFFFFFF
+    assert abs(gap - int(1.467 * 90000)) < 200  # the wall-clock gap, in 90 kHz units
+
+
+def test_nack_is_answered_with_rtx_from_history() -> None:
+    async def scenario() -> None:
+        sink = Sink()
+        feed = TrackFeed("video", now=lambda: 0.0)
+        feed.attach_source(VP8_PUB, lambda ssrc: None)
+        track = downtrack(sink)
+        feed.add(track)
+        feed.on_rtp(96, 500, 9000, False, KEY, 0x1234, 0.0)
+        feed.on_rtp(96, 501, 9000, True, b"\x00second", 0x1234, 0.0)
+        lost = header(sink.packets[1])[2]
+        feed.on_nack(track, [lost, (lost + 100) & 0xFFFF])  # the second was never sent
+        rtx = sink.packets[2:]
+        assert len(rtx) == 1 and track.retransmits == 1
+        pt, _, _, ts, ssrc = header(rtx[0])
+        assert (pt, ssrc, ts) == (121, 0xBBBB, header(sink.packets[1])[3])
+        # RFC 4588 §4: original sequence number, then the original payload.
+        assert rtx[0][12:14] == lost.to_bytes(2, "big") and rtx[0][14:] == b"\x00second"
+
+    asyncio.run(scenario())
+
+
+def test_keyframe_requests_are_coalesced() -> None:
+    async def scenario() -> None:
+        clock = [100.0]
+        sent: list[int] = []
+        feed = TrackFeed("video", now=lambda: clock[0])
+        feed.attach_source(VP8_PUB, sent.append)
+        feed.on_rtp(96, 1, 0, True, KEY, 0x77, clock[0])
+        feed.request_keyframe()
+        feed.request_keyframe()
+        assert sent == [0x77]  # the second is within PLI_INTERVAL: deferred, not dropped
+        await asyncio.sleep(PLI_INTERVAL + 0.05)
+        clock[0] += PLI_INTERVAL + 0.05
+        assert sent == [0x77, 0x77]
+        assert feed.keyframe_requests == 2
+
+    asyncio.run(scenario())
+
+
+def test_sender_reports_follow_the_publisher_clock() -> None:
+    async def scenario() -> None:
+        stream = Stream("sync")
+        reports: dict[str, tuple[int, int]] = {}
+        for kind, clock_rate, codec in (("video", 90000, VP8_PUB), ("audio", 48000, None)):
+            feed = stream.feeds[kind]
+            codecs = codec or [CodecSpec(111, "audio/opus", 48000, 2)]
+            feed.attach_source(codecs, lambda ssrc: None)
+            view = VP8_VIEW if kind == "video" else [CodecSpec(109, "audio/opus", 48000, 2)]
+            track = DownTrack(
+                kind=kind,
+                ssrc=1,
+                rtx_ssrc=2,
+                codecs=view,
+                send=Sink(),
+                request_keyframe=lambda: None,
+            )
+
+            def report(ntp: int, rtp: int, packets: int, octets: int, kind: str = kind) -> None:
+                reports[kind] = (ntp, rtp)
+
+            stream.subscribe(object(), kind, track, report)
+            pt = codecs[0].payload_type
+            feed.on_rtp(pt, 1, 1000, True, KEY, 0x99, 50.0)
+            # Publisher SR: its NTP 3_900_000_000.0 s is its RTP timestamp 1000.
+            feed.on_sender_report(seconds_to_ntp(3_900_000_000.0), 1000, 50.0)
+            assert clock_rate == feed.clock_rate
+        stream.refresh_sender_reports(52.0)  # two seconds later
+        for kind, clock_rate in (("video", 90000), ("audio", 48000)):
+            ntp, rtp = reports[kind]
+            assert abs(ntp_to_seconds(ntp) - 3_900_000_002.0) < 1e-6
+            (offset,) = [
+                sub.downtracks[kind][0].ts_off
+                for sub in stream.subscriptions.values()
+                if kind in sub.downtracks
+            ]
+            assert (rtp - offset - 1000) & 0xFFFFFFFF == 2 * clock_rate
+        stream.close()
+
+    asyncio.run(scenario())
