@@ -21,7 +21,7 @@ DELTA = b"\x10\x01\x00\x00"  # P=1
 
 
 def header(packet: bytes) -> tuple[int, int, int, int, int]:
-    first, second, seq, ts, ssrc = struct.unpack("!BBHII", packet[:12])
+    _, second, seq, ts, ssrc = struct.unpack("!BBHII", packet[:12])
     return second & 0x7F, second >> 7, seq, ts, ssrc
 
 
