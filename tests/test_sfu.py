@@ -154,3 +154,17 @@ def test_sender_reports_follow_the_publisher_clock() -> None:
         stream.close()
 
     asyncio.run(scenario())
+
+
+def test_duplicate_packet_is_forwarded_once() -> None:
+    async def scenario() -> None:
+        sink = Sink()
+        feed = TrackFeed("video", now=lambda: 0.0)
+        feed.attach_source(VP8_PUB, lambda ssrc: None)
+        feed.add(downtrack(sink))
+        feed.on_rtp(96, 10, 0, True, KEY, 0x1, 0.0)
+        feed.on_rtp(96, 11, 3000, True, DELTA, 0x1, 0.03)
+        feed.on_rtp(96, 11, 3000, True, DELTA, 0x1, 0.04)  # e.g. late original after RTX
+        assert len(sink.packets) == 2 and feed.packets == 2
+
+    asyncio.run(scenario())

@@ -23,6 +23,7 @@ __all__ = [
     "STREAM_NAME",
     "check_bearer",
     "cors_headers",
+    "if_match_allows",
     "is_preflight",
     "media_type",
     "problem_response",
@@ -103,6 +104,14 @@ def check_bearer(request: Request, token: str | None) -> None:
         credentials.strip().encode(), token.encode()
     ):
         raise Unauthorized("the bearer token is not valid", error="invalid_token")
+
+
+def if_match_allows(header: str, etag: str) -> bool:
+    """RFC 9110 §13.1.1: If-Match is "*" or a list of entity tags, compared strongly."""
+    if header.strip() == "*":
+        return True
+    # Entity tags are quoted and hold no comma or quote (RFC 9110 §8.8.3): split on commas.
+    return any(tag.strip() == etag for tag in header.split(","))
 
 
 def is_preflight(request: Request) -> bool:

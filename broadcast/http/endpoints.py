@@ -28,6 +28,7 @@ from broadcast.errors import (
 from broadcast.http.common import (
     check_bearer,
     cors_headers,
+    if_match_allows,
     is_preflight,
     problem_response,
     read_text_body,
@@ -172,7 +173,7 @@ class Endpoints:
                 "ICE restart is not supported by this server; DELETE the session and POST a "
                 "new offer instead"
             )
-        if if_match is not None and if_match.strip() not in ("*", session.etag):
+        if if_match is not None and not if_match_allows(if_match, session.etag):
             raise PreconditionFailed(
                 "If-Match does not name the current ICE session; its ETag is in the 201"
             )
@@ -197,3 +198,6 @@ class Endpoints:
                     session.log.debug("candidate %r discarded: %r", value, exc)
             if media.end_of_candidates:
                 await glue.add_remote_candidate(session.pc, None)
+        if frag.end_of_candidates:
+            # RFC 8840 §4.4: a session-level a=end-of-candidates covers every m-line.
+            await glue.add_remote_candidate(session.pc, None)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -28,7 +29,7 @@ from aiortc.codecs import CODECS
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
-from aiortc.rtp import RtcpSrPacket, RtpPacket, is_rtcp, unwrap_rtx
+from aiortc.rtp import RtcpSrPacket, RtpPacket, unwrap_rtx
 from aiortc.sdp import SessionDescription
 
 from broadcast.tasks import spawn
@@ -342,10 +343,11 @@ def sender_round_trip_time(sender: RTCRtpSender) -> float | None:
 
 
 def rtp_sink(dtls: RTCDtlsTransport) -> RtpSink | None:
-    """A synchronous `send(rtp_or_rtcp_bytes)` for a connected transport, or None.
+    """A synchronous `send(rtp_bytes)` for a connected transport, or None.
 
     Replaces aiortc's `_send_rtp` coroutine chain (four nested awaits per packet) with
-    SRTP protect + `sendto` on the nominated candidate pair.
+    SRTP protect + `sendto` on the nominated candidate pair. A packet SRTP refuses (a
+    sequence number already sent: RFC 3711 §3.3.2) is dropped, not raised.
     """
     d: Any = dtls
     if dtls.state != "connected":
@@ -353,21 +355,24 @@ def rtp_sink(dtls: RTCDtlsTransport) -> RtpSink | None:
     pair = d.transport._connection._nominated.get(1)
     if pair is None:
         return None
-    srtp = d._tx_srtp
+    protect = d._tx_srtp.protect
     addr = pair.remote_addr
     protocol = pair.protocol
     if isinstance(protocol, aioice.ice.StunProtocol) and protocol.transport is not None:
         sendto = protocol.transport.sendto
-        protect = srtp.protect
-        protect_rtcp = srtp.protect_rtcp
 
         def send(data: bytes) -> None:
-            sendto(protect_rtcp(data) if is_rtcp(data) else protect(data), addr)
+            try:
+                sendto(protect(data), addr)
+            except pylibsrtp.Error:
+                return
 
         return send
 
     def send_relayed(data: bytes) -> None:
-        protected = srtp.protect_rtcp(data) if is_rtcp(data) else srtp.protect(data)
-        spawn(protocol.send_data(protected, addr))
+        try:
+            spawn(protocol.send_data(protect(data), addr))
+        except pylibsrtp.Error:
+            return
 
     return send_relayed

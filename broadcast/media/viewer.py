@@ -66,7 +66,7 @@ class ViewerSession(Session):
                 ssrc=sender._ssrc,
                 rtx_ssrc=sender._rtx_ssrc,
                 codecs=codec_specs(transceiver),
-                send=self._guarded(sink),
+                send=sink,
                 request_keyframe=feed.request_keyframe,
                 abs_send_time_id=extensions.get(ABS_SEND_TIME_URI),
             )
@@ -74,15 +74,6 @@ class ViewerSession(Session):
             self._senders[kind] = sender
             self.stream.subscribe(self, kind, downtrack, partial(glue.feed_sender_report, sender))
         self._connected_wall = time.monotonic()
-
-    def _guarded(self, sink: glue.RtpSink) -> glue.RtpSink:
-        def send(data: bytes) -> None:
-            try:
-                sink(data)
-            except Exception as exc:  # a viewer's failing socket must not stop the others
-                self.end(f"send failed: {exc!r}")
-
-        return send
 
     def _on_rtcp(self, kind: str, packet: Any) -> None:
         downtrack = self.downtracks.get(kind)

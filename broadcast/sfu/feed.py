@@ -106,6 +106,10 @@ class TrackFeed:
         self, pt: int, seq: int, ts: int, marker: bool, payload: bytes, ssrc: int, now: float
     ) -> None:
         """One publisher packet (SRTP-decrypted, RTX-unwrapped): store it, fan it out."""
+        slot = seq % HISTORY_SIZE
+        previous = self.history[slot]
+        if previous is not None and previous[0] == seq and previous[5] == self.generation:
+            return  # a duplicate (late original after its RTX copy): sent already
         keyframe = False
         if self.video:
             codec = self._codec_names.get(pt)
@@ -114,7 +118,7 @@ class TrackFeed:
                 self.keyframes += 1
         self.media_ssrc = ssrc
         self.last_pt = pt
-        self.history[seq % HISTORY_SIZE] = (seq, ts, marker, pt, payload, self.generation)
+        self.history[slot] = (seq, ts, marker, pt, payload, self.generation)
         self.last_arrival = now
         self.last_timestamp = ts
         self.packets += 1
