@@ -40,6 +40,9 @@ async def test_three_viewers_decode_without_server_decoding(server, codec: str) 
     detail = (await server.client.get("/api/streams/live")).json()
     assert detail["viewers"] == 3 and len(detail["viewer_sessions"]) == 3
     assert {t["kind"] for t in detail["tracks"]} == {"audio", "video"}
+    (video_track,) = [t for t in detail["tracks"] if t["kind"] == "video"]
+    assert video_track["codec"] == codec.lower()
+    assert video_track["layers"][0]["width"] == 640 and video_track["layers"][0]["height"] == 360
     for session in detail["viewer_sessions"]:
         video = session["tracks"]["video"]
         assert video["packets"] > 60 and video["bitrate_bps"] > 10_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -14,6 +16,7 @@ from starlette.routing import Route
 from broadcast.errors import BroadcastError, NotFound
 from broadcast.http.common import problem_response, stream_name
 from broadcast.media.hub import Hub
+from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.stream import Stream
 
 __all__ = ["Ops"]
@@ -61,6 +64,10 @@ class Ops:
         self.ready = True
         self.registry = CollectorRegistry()
         self.registry.register(HubCollector(hub))
+        self._samples: weakref.WeakKeyDictionary[TrackFeed, tuple[float, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._started = time.monotonic()
 
     def routes(self) -> list[Route]:
         return [
@@ -101,17 +108,28 @@ class Ops:
         body["viewer_sessions"] = [v.stats() for v in self.hub.viewers_of(stream)]
         return JSONResponse(body)
 
+    def _bitrate(self, feed: TrackFeed) -> int:
+        """Ingest bit/s since this feed was last described (or since it started)."""
+        now = time.monotonic()
+        then, octets = self._samples.get(feed, (self._started, 0))
+        self._samples[feed] = (now, feed.octets)
+        elapsed = now - then
+        return round((feed.octets - octets) * 8 / elapsed) if elapsed > 0 else 0
+
     def _describe(self, stream: Stream) -> dict[str, object]:
         publisher = stream.publisher
         tracks: list[dict[str, object]] = []
         for kind, feed in stream.feeds.items():
             if not feed.codecs:
                 continue
+            layer: dict[str, object] = {"rid": None, "bitrate": self._bitrate(feed)}
+            if feed.dimensions is not None:
+                layer["width"], layer["height"] = feed.dimensions
             tracks.append(
                 {
                     "kind": kind,
                     "codec": feed.active_codec,
-                    "layers": [],
+                    "layers": [layer],
                     "packets": feed.packets,
                     "bytes": feed.octets,
                     "keyframes": feed.keyframes,

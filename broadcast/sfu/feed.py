@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from broadcast.protocol.dimensions import keyframe_dimensions
 from broadcast.protocol.keyframes import is_keyframe_start
 from broadcast.protocol.rtp import abs_send_time, abs_send_time_bytes, ntp_to_seconds
 from broadcast.sfu.codecs import CodecSpec
@@ -54,6 +55,8 @@ class TrackFeed:
         self.octets = 0
         self.keyframes = 0
         self.keyframe_requests = 0
+        # Coded picture size, read from keyframe headers (never decoded).
+        self.dimensions: tuple[int, int] | None = None
 
     @property
     def live(self) -> bool:
@@ -116,6 +119,7 @@ class TrackFeed:
             if codec is not None and is_keyframe_start(codec, payload):
                 keyframe = True
                 self.keyframes += 1
+                self.dimensions = keyframe_dimensions(codec, payload) or self.dimensions
         self.media_ssrc = ssrc
         self.last_pt = pt
         self.history[slot] = (seq, ts, marker, pt, payload, self.generation)
