@@ -16,13 +16,10 @@ from broadcast.registry.base import StreamRegistry
 from broadcast.sfu.stream import Stream
 from broadcast.tasks import spawn
 
-__all__ = ["CONNECT_TIMEOUT", "Hub"]
+__all__ = ["Hub"]
 
 logger = logging.getLogger(__name__)
 
-# A session whose ICE/DTLS has not come up by then is dropped (clients that re-POST
-# after an ICE failure without DELETE would otherwise leak sessions).
-CONNECT_TIMEOUT = 30.0
 JANITOR_INTERVAL = 1.0
 
 
@@ -62,11 +59,11 @@ class Hub:
         now = asyncio.get_event_loop().time()
         current = stream.publisher
         if isinstance(current, PublisherSession):
-            if not current.silent(now, CONNECT_TIMEOUT):
+            if not current.silent(now, self.settings.connect_timeout):
                 raise Conflict(
                     f"stream {name!r} already has a live publisher; stop it first "
                     "or publish under another name",
-                    retry_after=int(CONNECT_TIMEOUT),
+                    retry_after=int(self.settings.connect_timeout),
                 )
             current.end("replaced by a new publisher after going silent")
         if not await self.registry.claim(name, self.settings.node_id):
@@ -117,7 +114,7 @@ class Hub:
         self.sessions.pop(session.id, None)
         self._forget_stream_if_unused(session.stream)
 
-    def _forget_stream_if_unused(self, stream: Stream) -> None:
+    def _forget_stream_if_unused(self, stream: Stream, now: float | None = None) -> None:
         if stream.live or stream.subscriptions:
             return
         if any(s.stream is stream for s in self.sessions.values()):
@@ -125,7 +122,9 @@ class Hub:
         if self.streams.get(stream.name) is stream:
             idle = stream.idle_since
             grace = self.settings.publisher_grace
-            if idle is not None and asyncio.get_event_loop().time() - idle < grace:
+            if now is None:
+                now = asyncio.get_event_loop().time()
+            if idle is not None and now - idle < grace:
                 return  # a reconnecting publisher gets its stream back
             del self.streams[stream.name]
             stream.close()
@@ -140,9 +139,14 @@ class Hub:
                 logger.exception("janitor failed")
 
     def expire(self, now: float) -> None:
-        """End sessions that never connected and viewers that waited too long."""
+        """End sessions that never connected and viewers that waited too long.
+
+        Clients that re-POST after an ICE failure without a DELETE (FACTS.md: a common
+        player does) would otherwise leak sessions.
+        """
+        timeout = self.settings.connect_timeout
         for session in list(self.sessions.values()):
-            if session.connected_at is None and now - session.created_loop_time > CONNECT_TIMEOUT:
+            if session.connected_at is None and now - session.created_loop_time > timeout:
                 session.end("ICE/DTLS did not connect in time")
             elif isinstance(session, ViewerSession):
                 idle = session.stream.idle_since
@@ -151,7 +155,7 @@ class Hub:
                 ):
                     session.end("no publisher within BROADCAST_WAIT_TIMEOUT")
         for stream in list(self.streams.values()):
-            self._forget_stream_if_unused(stream)
+            self._forget_stream_if_unused(stream, now)
 
     def live_streams(self) -> list[Stream]:
         return [s for s in self.streams.values() if s.live]

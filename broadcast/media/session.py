@@ -67,6 +67,7 @@ class Session:
         self.created_at = time.time()
         self.created_loop_time = asyncio.get_event_loop().time()
         self.connected_at: float | None = None
+        self.connected = asyncio.Event()
         self.ended = False
         self.end_reason: str | None = None
         self.answer = ""
@@ -81,6 +82,7 @@ class Session:
             state = self.pc.connectionState
             if state == "connected" and self.connected_at is None:
                 self.connected_at = asyncio.get_event_loop().time()
+                self.connected.set()
                 self.log.info("%s session connected", self.role.upper())
                 self.on_connected()
             elif state == "failed":

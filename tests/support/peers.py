@@ -226,3 +226,19 @@ class Viewer:
 
 
 __all__ = ["Publisher", "Viewer", "exchange", "fractions"]
+
+
+async def wait_state(pc: RTCPeerConnection, states: set[str], timeout: float = 10.0) -> str:
+    """Await the peer connection reaching one of `states` (bounded by `timeout`)."""
+    reached: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def check() -> None:
+        if pc.connectionState in states and not reached.done():
+            reached.set_result(pc.connectionState)
+
+    pc.on("connectionstatechange", check)
+    check()
+    try:
+        return await asyncio.wait_for(reached, timeout)
+    finally:
+        pc.remove_listener("connectionstatechange", check)
