@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from tests.support.peers import Publisher, Viewer, wait_state
 
@@ -54,3 +55,28 @@ async def test_stream_is_released_after_the_publisher_grace(make_server) -> None
     assert "grace" not in server.hub.streams
     await asyncio.sleep(0)  # let the release task run
     assert await server.hub.registry.lookup("grace") is None
+
+
+async def test_concurrent_publishers_one_wins(server) -> None:
+    first = Publisher(server.base_url, "race")
+    second = Publisher(server.base_url, "race")
+    results = await asyncio.gather(first.start(server.client), second.start(server.client))
+    assert sorted(r.status for r in results) == [201, 409]
+    assert len([s for s in server.hub.sessions.values() if s.role == "whip"]) == 1
+    await first.stop(server.client)
+    await second.stop(server.client)
+
+
+async def test_failed_negotiation_leaves_no_publisher(server) -> None:
+    publisher = Publisher(server.base_url, "bad")
+    # Well-formed, but no video codec in common: aiortc refuses it during negotiation.
+    broken = await publisher.start(
+        server.client,
+        munge=lambda sdp: re.sub(r"(a=rtpmap:\d+) (VP8|H264|VP9|AV1)/", r"\1 FOO/", sdp),
+    )
+    assert broken.status == 422, broken.answer
+    assert "negotiated" in broken.answer
+    retry = Publisher(server.base_url, "bad")
+    assert (await retry.start(server.client)).status == 201
+    await publisher.stop(server.client)
+    await retry.stop(server.client)

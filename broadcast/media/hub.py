@@ -66,11 +66,18 @@ class Hub:
                     retry_after=int(self.settings.connect_timeout),
                 )
             current.end("replaced by a new publisher after going silent")
-        if not await self.registry.claim(name, self.settings.node_id):
-            raise Conflict(f"stream {name!r} is published on another node")
         session = PublisherSession(stream, self.ice_servers, self._ended)
-        await self._negotiate(session, offer_sdp)
+        # Reserve the stream before the first await: a concurrent POST gets 409.
         stream.set_publisher(session)
+        try:
+            if not await self.registry.claim(name, self.settings.node_id):
+                raise Conflict(f"stream {name!r} is published on another node")
+            await self._negotiate(session, offer_sdp)
+        except BaseException:
+            if stream.publisher is session:
+                stream.set_publisher(None)
+            await session.pc.close()
+            raise
         self.sessions[session.id] = session
         return session
 
@@ -91,10 +98,6 @@ class Hub:
         except Exception as exc:
             session.ended = True
             await session.pc.close()
-            if isinstance(session, PublisherSession):
-                for feed in session.stream.feeds.values():
-                    feed.detach_source()
-            self._forget_stream_if_unused(session.stream)
             raise UnprocessableContent(
                 f"the offer could not be negotiated: {_describe(exc)}"
             ) from exc
@@ -112,9 +115,9 @@ class Hub:
 
     def _ended(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
-        self._forget_stream_if_unused(session.stream)
 
-    def _forget_stream_if_unused(self, stream: Stream, now: float | None = None) -> None:
+    def _forget_stream_if_unused(self, stream: Stream, now: float) -> None:
+        """Drop a stream nobody uses once its publisher grace is over (janitor only)."""
         if stream.live or stream.subscriptions:
             return
         if any(s.stream is stream for s in self.sessions.values()):
@@ -122,13 +125,18 @@ class Hub:
         if self.streams.get(stream.name) is stream:
             idle = stream.idle_since
             grace = self.settings.publisher_grace
-            if now is None:
-                now = asyncio.get_event_loop().time()
             if idle is not None and now - idle < grace:
                 return  # a reconnecting publisher gets its stream back
             del self.streams[stream.name]
             stream.close()
-            spawn(self.registry.release(stream.name, self.settings.node_id))
+            spawn(self._release(stream.name))
+
+    async def _release(self, name: str) -> None:
+        await self.registry.release(name, self.settings.node_id)
+        stream = self.streams.get(name)
+        if stream is not None and stream.live:
+            # Published again while the release was in flight: take the claim back.
+            await self.registry.claim(name, self.settings.node_id)
 
     async def _janitor_loop(self) -> None:
         while True:
