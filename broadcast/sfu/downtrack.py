@@ -41,7 +41,6 @@ class DownTrack:
         "codecs",
         "fraction_lost",
         "jitter",
-        "keyframe_waits",
         "kind",
         "last_seq",
         "last_time",
@@ -99,7 +98,6 @@ class DownTrack:
         self.retransmits = 0
         self.nacks = 0
         self.plis = 0
-        self.keyframe_waits = 0
         # From the viewer's receiver reports (RFC 3550 §6.4.1), for stats and ABR.
         self.fraction_lost = 0.0
         self.packets_lost = 0

@@ -59,10 +59,6 @@ class TrackFeed:
         self.dimensions: tuple[int, int] | None = None
 
     @property
-    def live(self) -> bool:
-        return self._requester is not None
-
-    @property
     def active_codec(self) -> str | None:
         """The MIME type of what the publisher sends now (first negotiated until then)."""
         for codec in self.codecs:

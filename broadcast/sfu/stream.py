@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,9 +84,6 @@ class Stream:
             self._report_task.cancel()
             self._report_task = None
 
-    def feed_for(self, downtrack: DownTrack) -> TrackFeed:
-        return self.feeds[downtrack.kind]
-
     async def _report_loop(self) -> None:
         loop = asyncio.get_event_loop()
         while True:
@@ -114,6 +110,3 @@ class Stream:
             self._report_task = None
         for feed in self.feeds.values():
             feed.detach_source()
-
-
-StreamFactory = Callable[[str], Stream]
