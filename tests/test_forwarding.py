@@ -69,6 +69,7 @@ async def test_late_viewer_gets_keyframe_on_join(server) -> None:
     await late.wait_frames(video=10, timeout=10)
     delay = late.first_frame_delay()
     assert delay is not None and delay < 1.0, delay
+    print(f"late viewer: first frame {delay:.3f} s after POST")
     assert feed.keyframe_requests >= 1
     assert feed.keyframes > keyframes_before
     for peer in (late, first, publisher):
