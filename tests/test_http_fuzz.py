@@ -334,9 +334,7 @@ def mutate(lines: Sequence[str], mutations: Sequence[tuple[str, int, int, str]],
 
 
 def header_safe(value: str | bytes) -> str | bytes:
-    """What h11 lets a client send as a header value (no edge whitespace, no controls)."""
-    if isinstance(value, bytes):
-        return value.strip()
+    """What h11 lets a client send as a header value: no whitespace at either end."""
     return value.strip()
 
 
@@ -404,12 +402,11 @@ class Fuzz:
     statuses: Counter[int] = field(default_factory=Counter)
     self_ended: int = 0
     """201 sessions that the server had already ended (ICE failed at once) before DELETE."""
+    expect: int = 0
 
     @property
     def hub(self) -> Any:
         return self.server.hub
-
-    expect: int = 0
 
     def example(self, expect: int = 0) -> None:
         """Count one example; `expect`: how many the test must have run in the end."""
@@ -418,9 +415,8 @@ class Fuzz:
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self.server.client.request(
-                method, url, timeout=REQUEST_TIMEOUT, **kwargs
-            )
+            client: httpx.AsyncClient = self.server.client
+            response = await client.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
         except httpx.TimeoutException:
             pytest.fail(f"{method} {url[:200]} got no answer within {REQUEST_TIMEOUT} s")
         self.statuses[response.status_code] += 1
@@ -527,16 +523,19 @@ async def connect(fuzz: Fuzz, role: str) -> LiveSession:
         if pc.connectionState == "connected":
             connected.set()
 
-    response = await fuzz.request(
-        "POST", f"/{role}/fuzz-{role}", content=offer, headers={"Content-Type": SDP}
-    )
-    assert response.status_code == 201, response.text
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
-    await asyncio.wait_for(connected.wait(), 10)
-    ice = {k: re.search(rf"^a=ice-{k}:(\S+)", offer, re.M)[1] for k in ("ufrag", "pwd")}  # type: ignore[index]
-    return LiveSession(
-        role, response.headers["location"], response.headers["etag"], ice["ufrag"], ice["pwd"], pc
-    )
+    try:
+        response = await fuzz.request(
+            "POST", f"/{role}/fuzz-{role}", content=offer, headers={"Content-Type": SDP}
+        )
+        assert response.status_code == 201, response.text
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+        await asyncio.wait_for(connected.wait(), 10)
+    except BaseException:
+        await pc.close()
+        raise
+    ufrag, pwd = (re.findall(rf"^a=ice-{k}:(\S+)", offer, re.M)[0] for k in ("ufrag", "pwd"))
+    headers = response.headers
+    return LiveSession(role, headers["location"], headers["etag"], ufrag, pwd, pc)
 
 
 @pytest.fixture
@@ -708,6 +707,27 @@ async def test_any_method_at_any_path_never_5xx(
     fuzz.assert_clean()
 
 
+EVERY_METHOD = ["GET", "HEAD", "PUT", "PATCH", "POST", "OPTIONS", "TRACE", "CONNECT", "FOO"]
+EVERY_PATH = ["/whip/x/AAAAAAAAAAAAAAAAAAAAAA", "/whep/x/AAAAAAAAAAAAAAAAAAAAAA", "/whip/x"]
+EVERY_PATH += ["/whep/x", "/", "/healthz", "/readyz", "/metrics", "/api/streams"]
+EVERY_PATH += ["/api/streams/x", "/whip/", "/whip/a/b/c", "/whip/%00", "/whep/" + "a" * 5000]
+
+
+async def test_every_method_at_every_route(fuzz: Fuzz) -> None:
+    """The deterministic core of the property above, on a live session's URL too."""
+    created = await fuzz.request(
+        "POST", "/whep/x", content=fuzz.offers["whep"], headers={"Content-Type": SDP}
+    )
+    assert created.status_code == 201, created.text
+    session = created.headers["location"]
+    for path in [session, *EVERY_PATH]:
+        for method in [*EVERY_METHOD, "DELETE"]:  # DELETE last: it ends the live session
+            fuzz.example()
+            await fuzz.request(method, path)  # < 500, and a 405 names what is allowed
+    assert (await fuzz.request("GET", session)).status_code == 404
+    fuzz.assert_clean()
+
+
 # --- Huge bodies ----------------------------------------------------------------------------
 
 
@@ -742,14 +762,9 @@ async def test_huge_bodies_get_413_and_the_server_stays_up(fuzz: Fuzz, chunked: 
     fuzz.assert_clean()
 
 
-# --- Known bugs outside this test's reach (strict xfail: they fail loudly once fixed) -------
+# --- Regressions found by fuzzing ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="broadcast/http/common.py read_text_body lets starlette.requests.ClientDisconnect "
-    "escape: a client that hangs up mid-body makes an 'Exception in ASGI application' (500)",
-    strict=True,
-)
 async def test_client_disconnect_mid_body_is_not_a_server_error(fuzz: Fuzz) -> None:
     port = int(fuzz.server.base_url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -766,11 +781,6 @@ async def test_client_disconnect_mid_body_is_not_a_server_error(fuzz: Fuzz) -> N
     assert not problems, fuzz.log.report()
 
 
-@pytest.mark.xfail(
-    reason="broadcast/http/endpoints.py routes pass ALL_METHODS to Starlette, whose own 405 "
-    "(for a method not in ALL_METHODS, e.g. FOO) then lists PUT, TRACE, CONNECT in Allow",
-    strict=True,
-)
 @pytest.mark.parametrize("url", ["/whip/x", "/whep/x/abc"])
 async def test_allow_lists_only_methods_that_are_allowed(fuzz: Fuzz, url: str) -> None:
     response = await fuzz.request("FOO", url)

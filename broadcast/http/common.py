@@ -6,7 +6,7 @@ import hmac
 import json
 import re
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from broadcast.config import Settings
@@ -81,11 +81,14 @@ async def read_text_body(request: Request, limit: int) -> str:
             raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise BadRequest("the client closed the connection before sending the whole body") from exc
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from aiortc.sdp import candidate_from_sdp
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
+from starlette.types import Receive, Scope, Send
 
 from broadcast.config import Settings
 from broadcast.errors import (
@@ -50,10 +52,18 @@ SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 ENDPOINT_METHODS = "OPTIONS, POST, GET, HEAD"
 SESSION_METHODS = "OPTIONS, PATCH, DELETE, GET, HEAD"
-# Every method is routed here, so the 405 names what this resource allows.
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 # aioice resolves mDNS (.local) candidates; bound how long a PATCH may wait for that.
 CANDIDATE_TIMEOUT = 2.0
+
+
+class _AnyMethod:
+    """An ASGI app, so Starlette routes every method to it: our 405 names what is allowed."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = request_response(handler)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 class Endpoints:
@@ -65,8 +75,8 @@ class Endpoints:
 
     def routes(self) -> list[Route]:
         return [
-            Route(f"/{self.role}/{{stream}}", self.endpoint, methods=ALL_METHODS),
-            Route(f"/{self.role}/{{stream}}/{{session}}", self.session, methods=ALL_METHODS),
+            Route(f"/{self.role}/{{stream}}", _AnyMethod(self.endpoint)),
+            Route(f"/{self.role}/{{stream}}/{{session}}", _AnyMethod(self.session)),
         ]
 
     async def endpoint(self, request: Request) -> Response:
@@ -181,6 +191,7 @@ class Endpoints:
         return Response(b"", status_code=204)
 
     async def _add_candidates(self, session: Session, frag: SdpFrag) -> None:
+        parsed = []
         for media in frag.media:
             for value in media.candidates:
                 try:
@@ -189,15 +200,18 @@ class Endpoints:
                     raise MalformedSdpFrag(f"candidate {value!r} cannot be parsed") from exc
                 candidate.sdpMid = media.mid
                 candidate.sdpMLineIndex = media.mline_index
-                try:
-                    await asyncio.wait_for(
-                        glue.add_remote_candidate(session.pc, candidate), CANDIDATE_TIMEOUT
-                    )
-                except Exception as exc:
-                    # RFC 9725 §4.3.1: unusable candidates are silently discarded.
-                    session.log.debug("candidate %r discarded: %r", value, exc)
-            if media.end_of_candidates:
-                await glue.add_remote_candidate(session.pc, None)
-        if frag.end_of_candidates:
-            # RFC 8840 §4.4: a session-level a=end-of-candidates covers every m-line.
+                parsed.append((value, candidate))
+        # Concurrently: each mDNS (.local) name may take a resolver timeout of its own.
+        await asyncio.gather(*(self._add_candidate(session, v, c) for v, c in parsed))
+        if frag.end_of_candidates or any(m.end_of_candidates for m in frag.media):
+            # RFC 8840 §4.4: end-of-candidates; with BUNDLE one transport covers all m-lines.
             await glue.add_remote_candidate(session.pc, None)
+
+    async def _add_candidate(self, session: Session, value: str, candidate: object) -> None:
+        try:
+            await asyncio.wait_for(
+                glue.add_remote_candidate(session.pc, candidate), CANDIDATE_TIMEOUT
+            )
+        except Exception as exc:
+            # RFC 9725 §4.3.1: unusable candidates are silently discarded.
+            session.log.debug("candidate %r discarded: %r", value, exc)
