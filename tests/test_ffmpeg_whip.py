@@ -55,7 +55,7 @@ async def test_ffmpeg_whip_publishes(make_server, tmp_path: Path, dtls_active: b
         await viewer.wait_frames(video=30, audio=20, timeout=15)
         assert viewer.video.first_frame_wall is not None
         first_frame = viewer.video.first_frame_wall - event["t_post"]
-        print(f"FFmpeg whip (dtls_active={dtls_active}): first frame {first_frame:.3f} s after POST")
+        print(f"FFmpeg whip, dtls_active={dtls_active}: first frame after {first_frame:.3f} s")
         assert 0 < first_frame < 1.0, f"first frame {first_frame:.3f} s after the POST"
         assert viewer.video.sizes == {(640, 360)}
 
