@@ -1,4 +1,4 @@
-"""Conformance of one node's HTTP surface to /work/shared/STANDARDS.md.
+"""Conformance of one node's HTTP surface to the WHIP/WHEP checklist (see CONFORMANCE.md).
 
 One test (parametrized over WHIP and WHEP where the row applies to both) per checklist
 row: status codes, headers and bodies, as RFC 9725 (WHIP) and draft-ietf-wish-whep ask.

@@ -149,8 +149,8 @@ class Hub:
     def expire(self, now: float) -> None:
         """End sessions that never connected and viewers that waited too long.
 
-        Clients that re-POST after an ICE failure without a DELETE (FACTS.md: a common
-        player does) would otherwise leak sessions.
+        Clients that re-POST after an ICE failure without a DELETE (Eyevinn's webrtc-player
+        does) would otherwise leak sessions.
         """
         timeout = self.settings.connect_timeout
         for session in list(self.sessions.values()):
