@@ -77,3 +77,32 @@ async def test_ffmpeg_whip_publishes(make_server, tmp_path: Path, dtls_active: b
     assert publisher_id not in server.hub.sessions
     assert (await server.client.get("/api/streams")).json() == []
     await viewer.stop(server.client)
+
+
+async def test_ffmpeg_default_certificate_fails_with_a_clear_reason(
+    server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FFmpeg's own DTLS certificate is ECDSA P-224, which our OpenSSL refuses: the
+    # publisher must fail, and the server must say why in its log.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.ffmpeg_whip",
+        "--url",
+        f"{server.base_url}/whip/p224",
+        "--seconds",
+        "1",
+        "--ffmpeg-cert",
+        "--handshake-timeout",
+        "3000",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    event = await read_event(proc, 20)
+    assert event["event"] == "error", event
+    assert await asyncio.wait_for(proc.wait(), 20) == 1
+    reasons = [r.getMessage() for r in caplog.records if "DTLS handshake failed" in r.getMessage()]
+    assert reasons, "the server logged no DTLS failure"
+    assert any("P-224" in text and "P-256" in text for text in reasons), reasons
+    assert server.hub.sessions == {}
