@@ -15,10 +15,10 @@ from broadcast.protocol.sdpfrag import (
     MAX_CANDIDATES,
     FragMedia,
     SdpFrag,
-    build_restart_answer,
     candidate_problem,
     parse_sdpfrag,
 )
+from tests.support.sdpfrag_build import build_restart_answer
 
 HOST = "2796427011 1 udp 2113937151 6c1a2f5e-0b1f-4a4c-9d1e-2f2d5b0c6f11.local 61847 typ host"
 SRFLX = "1936595596 1 udp 1677729535 203.0.113.7 61847 typ srflx raddr 0.0.0.0 rport 0"
@@ -259,7 +259,6 @@ def test_public_surface() -> None:
         "MAX_SDPFRAG_LINES",
         "FragMedia",
         "SdpFrag",
-        "build_restart_answer",
         "candidate_problem",
         "ice_pwd_problem",
         "ice_ufrag_problem",

@@ -56,11 +56,32 @@ SESSION_METHODS = "OPTIONS, PATCH, DELETE, GET, HEAD"
 CANDIDATE_TIMEOUT = 2.0
 
 
-class _AnyMethod:
-    """An ASGI app, so Starlette routes every method to it: our 405 names what is allowed."""
+class _Resource:
+    """One WHIP/WHEP URL as an ASGI app, so Starlette routes every method to it.
 
-    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
-        self.app = request_response(handler)
+    Adds CORS headers to every answer and maps our errors to problem documents; the
+    handler's own 405 then names exactly the methods this URL allows.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Request], Awaitable[Response]],
+        settings: Settings,
+        methods: str,
+    ) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.methods = methods
+        self.app = request_response(self.respond)
+
+    async def respond(self, request: Request) -> Response:
+        cors = cors_headers(request, self.settings, methods=self.methods)
+        try:
+            response = await self.handler(request)
+        except BroadcastError as error:
+            response = problem_response(error, request.url.path)
+        response.headers.update(cors)
+        return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -75,27 +96,15 @@ class Endpoints:
 
     def routes(self) -> list[Route]:
         return [
-            Route(f"/{self.role}/{{stream}}", _AnyMethod(self.endpoint)),
-            Route(f"/{self.role}/{{stream}}/{{session}}", _AnyMethod(self.session)),
+            Route(
+                f"/{self.role}/{{stream}}",
+                _Resource(self._endpoint, self.settings, ENDPOINT_METHODS),
+            ),
+            Route(
+                f"/{self.role}/{{stream}}/{{session}}",
+                _Resource(self._session, self.settings, SESSION_METHODS),
+            ),
         ]
-
-    async def endpoint(self, request: Request) -> Response:
-        cors = cors_headers(request, self.settings, methods=ENDPOINT_METHODS)
-        try:
-            response = await self._endpoint(request)
-        except BroadcastError as error:
-            response = problem_response(error, request.url.path)
-        response.headers.update(cors)
-        return response
-
-    async def session(self, request: Request) -> Response:
-        cors = cors_headers(request, self.settings, methods=SESSION_METHODS)
-        try:
-            response = await self._session(request)
-        except BroadcastError as error:
-            response = problem_response(error, request.url.path)
-        response.headers.update(cors)
-        return response
 
     async def _endpoint(self, request: Request) -> Response:
         method = request.method
