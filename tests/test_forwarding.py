@@ -37,6 +37,12 @@ async def test_three_viewers_decode_without_server_decoding(server, codec: str) 
     assert stream.publisher.decoders_started() == 0
     sent = [v.downtracks["video"].packets for v in hub.viewers_of(stream)]
     assert len(sent) == 3 and min(sent) > 60
+    metrics = (await server.client.get("/metrics")).text
+    assert "process_cpu_seconds_total" in metrics
+    delays = [
+        x for x in metrics.splitlines() if x.startswith("broadcast_forward_delay_seconds_count")
+    ]
+    assert delays and float(delays[0].split()[-1]) > 100
     detail = (await server.client.get("/api/streams/live")).json()
     assert detail["viewers"] == 3 and len(detail["viewer_sessions"]) == 3
     assert {t["kind"] for t in detail["tracks"]} == {"audio", "video"}
@@ -94,3 +100,25 @@ async def test_viewer_waiting_before_publisher_then_restart(server, codec: str) 
     assert viewer.pc.connectionState == "connected"
     await viewer.stop(server.client)
     await second.stop(server.client)
+
+
+async def test_late_viewer_of_a_publisher_ignoring_pli_starts_from_the_cache(server) -> None:
+    # Like OBS: PLI is ignored and keyframes come every 4 s. The server replays its cached
+    # keyframe and what followed, pulled together in time, so the viewer starts at once.
+    publisher = Publisher(server.base_url, "obs", obs_like_gop=4.0)
+    assert (await publisher.start(server.client)).status == 201
+    first = Viewer(server.base_url, "obs")
+    await first.start(server.client)
+    await first.wait_frames(video=45, timeout=20)  # 1.5 s into the 4 s GOP
+    feed = server.hub.streams["obs"].feeds["video"]
+    replays = feed.replays
+
+    late = Viewer(server.base_url, "obs")
+    assert (await late.start(server.client)).status == 201
+    await late.wait_frames(video=30, timeout=10)
+    delay = late.first_frame_delay()
+    assert delay is not None and delay < 1.0, delay
+    print(f"late viewer, publisher ignoring PLI: first frame {delay:.3f} s after POST")
+    assert feed.replays == replays + 1  # started from the cache, not a new keyframe
+    for peer in (late, first, publisher):
+        await peer.stop(server.client)

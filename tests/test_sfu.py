@@ -8,7 +8,7 @@ import struct
 from broadcast.protocol.rtp import ntp_to_seconds, seconds_to_ntp
 from broadcast.sfu.codecs import CodecSpec
 from broadcast.sfu.downtrack import DownTrack
-from broadcast.sfu.feed import PLI_INTERVAL, TrackFeed
+from broadcast.sfu.feed import GOP_CACHE_BYTES, PLI_INTERVAL, REPLAY_AFTER, TrackFeed
 from broadcast.sfu.stream import Stream
 
 VP8_PUB = [CodecSpec(96, "video/vp8", 90000), CodecSpec(97, "video/rtx", 90000, None, {"apt": 96})]
@@ -168,3 +168,47 @@ def test_duplicate_packet_is_forwarded_once() -> None:
         assert len(sink.packets) == 2 and feed.packets == 2
 
     asyncio.run(scenario())
+
+
+def test_waiting_viewer_starts_from_the_cached_keyframe() -> None:
+    async def scenario() -> None:
+        sink = Sink()
+        feed = TrackFeed("video")
+        feed.attach_source(VP8_PUB, lambda ssrc: None)  # a publisher that ignores PLI
+        loop = asyncio.get_running_loop()
+        feed.on_rtp(96, 100, 0, True, DELTA, 0x5, loop.time())  # before any keyframe
+        feed.on_rtp(96, 101, 3000, False, KEY, 0x5, loop.time())
+        feed.on_rtp(96, 102, 3000, True, b"\x00kf-end", 0x5, loop.time())
+        feed.on_rtp(96, 103, 6000, True, DELTA, 0x5, loop.time())
+        feed.on_rtp(96, 104, 9000, True, DELTA, 0x5, loop.time())
+        track = downtrack(sink)
+        feed.add(track)
+        await asyncio.sleep(REPLAY_AFTER + 0.1)  # the replay timer's delay
+        assert track.synced and feed.replays == 1
+        sent = [header(p) for p in sink.packets]
+        assert [h[2] for h in sent] == [(sent[0][2] + i) & 0xFFFF for i in range(4)]
+        stamps = [h[3] for h in sent]
+        # Frames 3000, 6000, 9000 pulled together 1 ms apart, the newest in its true place.
+        assert [(t - stamps[-1]) & 0xFFFFFFFF for t in stamps] == [
+            (-180) & 0xFFFFFFFF,
+            (-180) & 0xFFFFFFFF,
+            (-90) & 0xFFFFFFFF,
+            0,
+        ]
+        assert sink.packets[0].endswith(KEY)
+        feed.on_rtp(96, 105, 12000, True, DELTA, 0x5, loop.time())  # live again
+        live = header(sink.packets[-1])
+        assert live[2] == (sent[-1][2] + 1) & 0xFFFF
+        assert (live[3] - stamps[-1]) & 0xFFFFFFFF == 3000
+
+    asyncio.run(scenario())
+
+
+def test_gop_longer_than_the_cache_is_not_replayed() -> None:
+    feed = TrackFeed("video", now=lambda: 0.0)
+    feed.attach_source(VP8_PUB, lambda ssrc: None)
+    feed.on_rtp(96, 1, 0, True, KEY, 0x5, 0.0)
+    big = b"\x00" + bytes(1200)
+    for seq in range(2, 2 + GOP_CACHE_BYTES // 1200 + 2):
+        feed.on_rtp(96, seq & 0xFFFF, seq * 3000, True, big, 0x5, 0.0)
+    assert feed.gop is None

@@ -6,7 +6,12 @@ import time
 import weakref
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -64,6 +69,9 @@ class Ops:
         self.ready = True
         self.registry = CollectorRegistry()
         self.registry.register(HubCollector(hub))
+        self.registry.register(hub.forward_delay)
+        # process_cpu_seconds_total, process_resident_memory_bytes: what load tests read.
+        ProcessCollector(registry=self.registry)
         self._samples: weakref.WeakKeyDictionary[TrackFeed, tuple[float, int]] = (
             weakref.WeakKeyDictionary()
         )

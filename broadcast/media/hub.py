@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from aiortc import RTCIceServer
+from prometheus_client import Histogram
 
 from broadcast.config import Settings
 from broadcast.errors import Conflict, NotFound, UnprocessableContent
@@ -32,6 +33,13 @@ class Hub:
         self.ice_servers = ice_servers
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, Session] = {}
+        # Inside the server: a publisher packet's arrival to its send to the last viewer.
+        self.forward_delay = Histogram(
+            "broadcast_forward_delay_seconds",
+            "Time from a publisher packet's arrival to its send to the last viewer",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=None,
+        )
         self._janitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -52,6 +60,8 @@ class Hub:
         stream = self.streams.get(name)
         if stream is None:
             stream = self.streams[name] = Stream(name)
+            for feed in stream.feeds.values():
+                feed.delay_observer = self.forward_delay.observe
         return stream
 
     async def publish(self, name: str, offer_sdp: str) -> PublisherSession:

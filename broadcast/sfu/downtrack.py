@@ -23,6 +23,9 @@ _MASK16 = 0xFFFF
 _MASK32 = 0xFFFFFFFF
 # RFC 8285 §4.2 one-byte header block holding one 3-byte element (abs-send-time).
 _EXT_PROFILE = b"\xbe\xde\x00\x01"
+# Replayed frames are stamped this far apart (1 ms at 90 kHz) so that a decoder runs
+# through them at once and reaches the live picture.
+_REPLAY_STEP = 90
 
 
 class DownTrack:
@@ -148,6 +151,36 @@ class DownTrack:
             self.last_time = now
         self.packets += 1
         self.octets += len(payload)
+
+    def replay(self, entries: Sequence[HistoryEntry], now: float) -> None:
+        """Start from cached packets: a keyframe and what followed it (in arrival order).
+
+        Sequence numbers run on into live packets; the cached frames' timestamps are pulled
+        together just before the newest one, which keeps its true place on the timeline,
+        so the picture catches up with live at once and lip sync holds afterwards.
+        """
+        if self.synced or not entries:
+            return
+        newest = entries[-1][1]
+        self._resync(entries[0][0], newest, now)
+        frames: dict[int, int] = {}
+        for entry in entries:
+            frames.setdefault(entry[1], len(frames))
+        last = len(frames) - 1
+        for seq, ts, marker, pt, payload, _ in entries:
+            mapped = self.pt_map.get(pt)
+            if mapped is None:
+                continue
+            out_ts = (newest - (last - frames[ts]) * _REPLAY_STEP + self.ts_off) & _MASK32
+            out_seq = (seq + self.seq_off) & _MASK16
+            self.send(
+                _HEADER.pack(0x80, marker << 7 | mapped[0], out_seq, out_ts, self.ssrc) + payload
+            )
+            self.last_seq = out_seq
+            self.packets += 1
+            self.octets += len(payload)
+        self.last_ts = (newest + self.ts_off) & _MASK32
+        self.last_time = now
 
     def _resync(self, seq: int, ts: int, now: float) -> None:
         if self.last_time is None:

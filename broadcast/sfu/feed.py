@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from time import perf_counter
 
 from broadcast.protocol.dimensions import keyframe_dimensions
 from broadcast.protocol.keyframes import is_keyframe_start
@@ -17,7 +18,7 @@ from broadcast.protocol.rtp import abs_send_time, abs_send_time_bytes, ntp_to_se
 from broadcast.sfu.codecs import CodecSpec
 from broadcast.sfu.downtrack import DownTrack, HistoryEntry
 
-__all__ = ["HISTORY_SIZE", "PLI_INTERVAL", "TrackFeed"]
+__all__ = ["GOP_CACHE_BYTES", "HISTORY_SIZE", "PLI_INTERVAL", "REPLAY_AFTER", "TrackFeed"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,11 @@ HISTORY_SIZE = 1024
 # a keyframe costs the publisher 5-10x a delta frame).
 PLI_INTERVAL = 0.5
 NTP_UNIX_OFFSET = 2208988800
+# The last keyframe and everything after it, for publishers that ignore PLI (OBS): a
+# viewer still waiting REPLAY_AFTER seconds after joining starts from this cache. Bounded:
+# a longer GOP is not cached (the viewer then waits for the publisher's next keyframe).
+GOP_CACHE_BYTES = 4_000_000
+REPLAY_AFTER = 0.25
 
 
 class TrackFeed:
@@ -57,6 +63,11 @@ class TrackFeed:
         self.keyframe_requests = 0
         # Coded picture size, read from keyframe headers (never decoded).
         self.dimensions: tuple[int, int] | None = None
+        self.gop: list[HistoryEntry] | None = None
+        self._gop_bytes = 0
+        self.replays = 0
+        # Called with the seconds one packet took from arrival to its last viewer.
+        self.delay_observer: Callable[[float], None] | None = None
 
     @property
     def active_codec(self) -> str | None:
@@ -81,6 +92,7 @@ class TrackFeed:
         self.media_ssrc = None
         self.sender_report = None
         self.last_arrival = None
+        self.gop = None
         for downtrack in self.downtracks:
             downtrack.set_source(self.codecs)
 
@@ -96,6 +108,14 @@ class TrackFeed:
         self.downtracks.append(downtrack)
         if self.video:
             self.request_keyframe()
+            asyncio.get_event_loop().call_later(REPLAY_AFTER, self._replay, downtrack)
+
+    def _replay(self, downtrack: DownTrack) -> None:
+        """Start a viewer that is still waiting from the cached keyframe onwards."""
+        if downtrack.synced or downtrack not in self.downtracks or not self.gop:
+            return
+        downtrack.replay(self.gop, self._now())
+        self.replays += 1
 
     def remove(self, downtrack: DownTrack) -> None:
         if downtrack in self.downtracks:
@@ -105,6 +125,7 @@ class TrackFeed:
         self, pt: int, seq: int, ts: int, marker: bool, payload: bytes, ssrc: int, now: float
     ) -> None:
         """One publisher packet (SRTP-decrypted, RTX-unwrapped): store it, fan it out."""
+        started = perf_counter()
         slot = seq % HISTORY_SIZE
         previous = self.history[slot]
         if previous is not None and previous[0] == seq and previous[5] == self.generation:
@@ -118,7 +139,10 @@ class TrackFeed:
                 self.dimensions = keyframe_dimensions(codec, payload) or self.dimensions
         self.media_ssrc = ssrc
         self.last_pt = pt
-        self.history[slot] = (seq, ts, marker, pt, payload, self.generation)
+        entry = (seq, ts, marker, pt, payload, self.generation)
+        self.history[slot] = entry
+        if self.video:
+            self._cache(entry, keyframe)
         self.last_arrival = now
         self.last_timestamp = ts
         self.packets += 1
@@ -126,6 +150,19 @@ class TrackFeed:
         stamp = abs_send_time_bytes(abs_send_time(now))
         for downtrack in self.downtracks:
             downtrack.forward(pt, seq, ts, marker, payload, keyframe, stamp, now)
+        if self.delay_observer is not None:
+            self.delay_observer(perf_counter() - started)
+
+    def _cache(self, entry: HistoryEntry, keyframe: bool) -> None:
+        if keyframe:
+            self.gop = [entry]
+            self._gop_bytes = len(entry[4])
+        elif self.gop is not None:
+            self._gop_bytes += len(entry[4])
+            if self._gop_bytes > GOP_CACHE_BYTES:
+                self.gop = None
+            else:
+                self.gop.append(entry)
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, now: float) -> None:
         self.sender_report = (ntp_to_seconds(ntp_timestamp), rtp_timestamp, now)

@@ -117,14 +117,20 @@ class Publisher:
         *,
         video_codec: str | None = "video/VP8",
         size: tuple[int, int] = (640, 360),
+        obs_like_gop: float | None = None,
     ) -> None:
+        """`obs_like_gop`: ignore PLI and send a keyframe every that many seconds, as OBS."""
         self.url = f"{base_url}/whip/{stream}"
         self.base_url = base_url
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = PatternVideo(*size)
         self.audio = ToneAudio()
-        self.pc.addTransceiver(self.video, direction="sendonly")
+        video_sender = self.pc.addTransceiver(self.video, direction="sendonly").sender
         self.pc.addTransceiver(self.audio, direction="sendonly")
+        self.keyframe_task: asyncio.Task[None] | None = None
+        if obs_like_gop is not None:
+            video_sender._send_keyframe = lambda: None  # PLI/FIR no longer reach the encoder
+            self.keyframe_task = asyncio.ensure_future(self._keyframes(video_sender, obs_like_gop))
         if video_codec is not None:
             prefer(self.pc, "video", video_codec)
         self.result: WhipResult | None = None
@@ -144,7 +150,15 @@ class Publisher:
         self.result = await exchange(client, self.url, self.pc, token, munge)
         return self.result
 
+    @staticmethod
+    async def _keyframes(sender: RTCRtpSender, interval: float) -> None:
+        while True:  # ends when stop() cancels it
+            sender._RTCRtpSender__force_keyframe = True  # aiortc's own keyframe flag
+            await asyncio.sleep(interval)
+
     async def stop(self, client: httpx.AsyncClient | None = None) -> None:
+        if self.keyframe_task is not None:
+            self.keyframe_task.cancel()
         if client is not None and self.result and self.result.location:
             await client.delete(self.base_url + self.result.location)
         await self.pc.close()
