@@ -115,3 +115,27 @@ async def test_tap_sender_sees_rtcp_after_aiortc() -> None:
     await sender._handle_rtcp_packet(packet)
     assert seen == [packet]
     await pc.close()
+
+
+def test_srtp_protector_matches_pylibsrtp_and_drops_replays() -> None:
+    import os
+    import struct
+
+    import pylibsrtp
+
+    key = os.urandom(30)
+
+    def session() -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(
+            key=key,
+            ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+            srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+        )
+        return pylibsrtp.Session(policy=policy)
+
+    ours, theirs = glue.srtp_protector(session()), session()
+    packets = [struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 7) + bytes(1200) for seq in (1, 2)]
+    for packet in packets:
+        assert ours(packet) == theirs.protect(packet)
+    assert ours(packets[0]) is None  # a sequence number already sent (RFC 3711 §3.3.2)
+    assert ours(bytes(12) + bytes(1600)) is None  # larger than any MTU

@@ -31,6 +31,8 @@ from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket, unwrap_rtx
 from aiortc.sdp import SessionDescription
+from pylibsrtp._binding import ffi as _ffi
+from pylibsrtp._binding import lib as _lib
 
 from broadcast.tasks import spawn
 
@@ -52,6 +54,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RtpSink = Callable[[bytes], None]
+# Our protect buffer: any UDP payload that fits a 1500-byte MTU, plus SRTP's trailer.
+_SRTP_BUFFER = 1500 + pylibsrtp.SRTP_MAX_TRAILER_LEN
 
 _VIDEO_FEEDBACK = [
     RTCRtcpFeedback(type="nack"),
@@ -355,24 +359,52 @@ def rtp_sink(dtls: RTCDtlsTransport) -> RtpSink | None:
     pair = d.transport._connection._nominated.get(1)
     if pair is None:
         return None
-    protect = d._tx_srtp.protect
+    protect = srtp_protector(d._tx_srtp)
     addr = pair.remote_addr
     protocol = pair.protocol
     if isinstance(protocol, aioice.ice.StunProtocol) and protocol.transport is not None:
         sendto = protocol.transport.sendto
 
         def send(data: bytes) -> None:
-            try:
-                sendto(protect(data), addr)
-            except pylibsrtp.Error:
-                return
+            packet = protect(data)
+            if packet is not None:
+                sendto(packet, addr)
 
         return send
 
     def send_relayed(data: bytes) -> None:
-        try:
-            spawn(protocol.send_data(protect(data), addr))
-        except pylibsrtp.Error:
-            return
+        packet = protect(data)
+        if packet is not None:
+            spawn(protocol.send_data(packet, addr))
 
     return send_relayed
+
+
+def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes | None]:
+    """SRTP-protect an RTP packet with `session`, or None if libsrtp refuses it.
+
+    pylibsrtp's `protect` allocates a length cell and checks its argument on every call;
+    this calls libsrtp directly with a buffer and length cell of its own (measured here:
+    2.9-4 µs against 4.8-6.5 µs for a 1100-byte packet).
+    """
+    s: Any = session
+    srtp = s._srtp[0]
+    cdata = _ffi.new("char[]", _SRTP_BUFFER)
+    buffer = _ffi.buffer(cdata)
+    limit = _SRTP_BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN
+    length = _ffi.new("int *")
+    protect = _lib.srtp_protect
+
+    def protect_packet(data: bytes, _owner: pylibsrtp.Session = session) -> bytes | None:
+        # `_owner` keeps the session, and so its libsrtp context, alive with this closure.
+        size = len(data)
+        if size > limit:
+            return None
+        buffer[0:size] = data
+        length[0] = size
+        if protect(srtp, cdata, length):
+            return None
+        result: bytes = buffer[0 : length[0]]
+        return result
+
+    return protect_packet
