@@ -27,10 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 TICK, PAGE = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
 LINE = re.compile(r"^\[\s*([\d.]+)s\] viewers (\d+)/(\d+) connected, (\d+) failed")
 OVERHEAD_B = 12 + 16 + 8 + 20  # RTP header + SRTP GCM tag + UDP + IPv4, per packet
+
+
+DELAY = re.compile(
+    r'^broadcast_forward_delay_seconds_bucket\{le="([0-9.e+-]+|\+Inf)"\} ([0-9.e+]+)$', re.M
+)
 
 
 def proc_sample(pid: int) -> dict[str, float]:
@@ -56,8 +63,30 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("server did not start listening within 15 s")
 
 
+def delay_buckets(port: int) -> dict[float, float]:
+    """The server's forwarding-delay histogram from /metrics: upper bound -> cumulative count."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[float, float] = {}
+    for m in DELAY.finditer(text):
+        out[float(m.group(1))] = float(m.group(2))
+    return out
+
+
+def delay_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """Upper bucket bound holding quantile q of the packets forwarded between two readings."""
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0) if bounds else 0.0
+    if total <= 0:
+        return None
+    for le in bounds:
+        if after[le] - before.get(le, 0.0) >= q * total:
+            return le
+    return None
+
+
 def run_step(args: argparse.Namespace, pid: int, port: int, n: int, tmp: Path) -> dict[str, Any]:
     ramp = max(2.0, n * args.ramp_per_viewer)
+    delays_before = delay_buckets(port)
     out = tmp / f"step-{n}.json"
     cmd = ["taskset", "-c", "1", sys.executable, "-m", "loadtest", "run"]
     cmd += ["--base-url", f"http://127.0.0.1:{port}", "--stream", f"bench{n}"]
@@ -104,6 +133,10 @@ def run_step(args: argparse.Namespace, pid: int, port: int, n: int, tmp: Path) -
     s |= {k: agg[k] for k in ("receiving", "failed", "packets_received", "packets_lost")}
     s["failure_reasons"], s["exit_code"] = rep["failure_reasons"], p.returncode
     s["publisher"] = rep.get("publisher")
+    # Whole step (ramp included): one publisher packet's arrival to its send to the last viewer.
+    delays_after = delay_buckets(port)
+    for q in (0.5, 0.99):
+        s[f"forward_delay_p{round(q * 100)}_s"] = delay_quantile(delays_before, delays_after, q)
     return s
 
 
