@@ -63,7 +63,7 @@ async def test_answer_echoes_the_offered_h264_level() -> None:
     offer = await _offer("640032")
     pc = glue.new_peer_connection([])
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-    glue.adopt_offered_h264_parameters(pc, offer)
+    glue.adopt_offered_h264_parameters(pc)
     await pc.setLocalDescription(await pc.createAnswer())
     answer = pc.localDescription.sdp
     await pc.close()

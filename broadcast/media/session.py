@@ -109,7 +109,7 @@ class Session:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         match = _UFRAG.search(offer_sdp)
         self.remote_ufrag = match.group(1) if match else None
-        glue.adopt_offered_h264_parameters(self.pc, offer_sdp)
+        glue.adopt_offered_h264_parameters(self.pc)
         dtls_fast_start.install(self.pc)
         self.prepare()
         # setLocalDescription gathers host candidates, so the answer carries them:
