@@ -44,6 +44,7 @@ __all__ = [
     "feed_sender_report",
     "new_peer_connection",
     "register_passthrough_codecs",
+    "remote_ice_ufrag",
     "request_keyframe",
     "restrict_host_addresses",
     "rtp_sink",
@@ -149,7 +150,7 @@ def adopt_offered_h264_parameters(pc: RTCPeerConnection) -> None:
     (RFC 6184 §8.2.2), and a viewer gets back what it said it can decode. Reads the offer
     aiortc parsed in setRemoteDescription (parsing SDP is a tenth of a join's CPU).
     """
-    remote: SessionDescription = pc._RTCPeerConnection__pendingRemoteDescription  # type: ignore[attr-defined]
+    remote = _remote_description(pc)
     offered: dict[tuple[str | None, int | None], dict[str, Any]] = {}
     for media in remote.media:
         for codec in media.rtp.codecs:
@@ -160,6 +161,20 @@ def adopt_offered_h264_parameters(pc: RTCPeerConnection) -> None:
             params = offered.get((transceiver.mid, codec.payloadType))
             if params is not None:
                 codec.parameters = copy.deepcopy(params)
+
+
+def _remote_description(pc: RTCPeerConnection) -> SessionDescription:
+    """The offer as aiortc parsed it in setRemoteDescription (not parsed a second time)."""
+    remote: SessionDescription = pc._RTCPeerConnection__pendingRemoteDescription  # type: ignore[attr-defined]
+    return remote
+
+
+def remote_ice_ufrag(pc: RTCPeerConnection) -> str | None:
+    """The offer's ICE username fragment (RFC 8839 §5.4), to tell trickle from restart."""
+    for media in _remote_description(pc).media:
+        if media.ice is not None and media.ice.usernameFragment:
+            return str(media.ice.usernameFragment)
+    return None
 
 
 def transceiver_codecs(transceiver: Any) -> list[RTCRtpCodecParameters]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ __all__ = ["Session", "codec_specs", "new_session_id"]
 logger = logging.getLogger(__name__)
 
 Role = Literal["whip", "whep"]
-_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 
 def new_session_id() -> str:
@@ -107,8 +105,7 @@ class Session:
     async def negotiate(self, offer_sdp: str) -> str:
         """Apply the client's offer and return our answer, candidates included."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        match = _UFRAG.search(offer_sdp)
-        self.remote_ufrag = match.group(1) if match else None
+        self.remote_ufrag = glue.remote_ice_ufrag(self.pc)
         glue.adopt_offered_h264_parameters(self.pc)
         dtls_fast_start.install(self.pc)
         self.prepare()
