@@ -50,17 +50,32 @@ def proc_sample(pid: int) -> dict[str, float]:
     return {"mono": time.monotonic(), "cpu": cpu, "rss": rss, "c1_busy": busy, "c1_all": sum(j)}
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
+def start_server(port: int, module: str = "broadcast") -> subprocess.Popen[bytes]:
+    """`python -m <module> ... --port` pinned to CPU 0, once it listens (broadcast: `serve`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
     env["PYTHONPATH"] = str(ROOT)
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "broadcast", "serve", "--port", str(port)]
+    serve = ["serve"] if module == "broadcast" else []
+    cmd = ["taskset", "-c", "0", sys.executable, "-m", module, *serve, "--port", str(port)]
     server = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
     for _ in range(150):
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return server
         time.sleep(0.1)
-    raise RuntimeError("server did not start listening within 15 s")
+    raise RuntimeError(f"{module} did not start listening within 15 s")
+
+
+def add_step_arguments(ap: argparse.ArgumentParser, ramp_per_viewer: float) -> None:
+    """The options every stepped benchmark shares (clip, step timing, loss limit)."""
+    ap.add_argument("--duration", type=float, default=15.0, help="steady seconds per step")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds after the ramp, skipped")
+    ap.add_argument(
+        "--ramp-per-viewer", type=float, default=ramp_per_viewer, help="ramp s per viewer (min 2)"
+    )
+    ap.add_argument("--bitrate", default="2500k")
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--max-loss", type=float, default=0.5, help="%% in the steady window")
 
 
 def delay_buckets(port: int) -> dict[float, float]:
@@ -195,13 +210,7 @@ def main() -> int:
     ap.add_argument(
         "--steps", default="5,10,20,30,40", type=lambda s: [int(x) for x in s.split(",")]
     )
-    ap.add_argument("--duration", type=float, default=15.0, help="steady seconds per step")
-    ap.add_argument("--settle", type=float, default=3.0, help="seconds after the ramp, skipped")
-    ap.add_argument("--ramp-per-viewer", type=float, default=0.1, help="ramp s per viewer (min 2)")
-    ap.add_argument("--bitrate", default="2500k")
-    ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--max-loss", type=float, default=0.5, help="%% in the steady window")
+    add_step_arguments(ap, ramp_per_viewer=0.1)
     ap.add_argument("--max-client-busy", type=float, default=0.95, help="CPU 1 busy fraction")
     ap.add_argument("--json", type=Path, default=Path("loadtest/results/bench_fanout.json"))
     ap.add_argument("--plot", type=Path)

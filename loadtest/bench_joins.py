@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from broadcast.media.aiortc_glue import restrict_host_addresses
 from loadtest.bench_fanout import start_server
 
 
@@ -81,7 +81,7 @@ def main() -> int:
     server = start_server(port)  # pinned to CPU 0, listening
     try:
         os.sched_setaffinity(0, {1})
-        aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
+        restrict_host_addresses(["127.0.0.1"])
         result = asyncio.run(measure(port, server.pid, args.viewers))
     finally:
         server.terminate()

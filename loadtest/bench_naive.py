@@ -15,7 +15,6 @@ The naive server re-encodes VP8 per viewer with aiortc's stock encoder (capped a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -28,7 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench_fanout import LINE, ROOT, proc_sample, run_step
+from loadtest.bench_fanout import (
+    LINE,
+    ROOT,
+    add_step_arguments,
+    proc_sample,
+    run_step,
+    start_server,
+)
 
 
 def idle_step(args: argparse.Namespace, pid: int, port: int) -> dict[str, Any]:
@@ -48,17 +54,6 @@ def idle_step(args: argparse.Namespace, pid: int, port: int) -> dict[str, Any]:
     a, b = ok[0], ok[-1]
     s = {"viewers": 0, "server_cores": (b["cpu"] - a["cpu"]) / (b["mono"] - a["mono"]), "ok": True}
     return s | {"client_cpu1_busy": (b["c1_busy"] - a["c1_busy"]) / (b["c1_all"] - a["c1_all"])}
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "loadtest.naive_server", "--port", str(port)]
-    server = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
-    for _ in range(150):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return server
-        time.sleep(0.1)
-    raise RuntimeError("naive server did not start listening within 15 s")
 
 
 def fit(steps: list[dict[str, Any]], ours: dict[str, Any]) -> dict[str, Any]:
@@ -113,13 +108,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--steps", default="1,2,4,6", type=lambda s: [int(x) for x in s.split(",")])
-    ap.add_argument("--duration", type=float, default=15.0, help="steady seconds per step")
-    ap.add_argument("--settle", type=float, default=3.0, help="seconds after the ramp, skipped")
-    ap.add_argument("--ramp-per-viewer", type=float, default=0.5, help="ramp s per viewer (min 2)")
-    ap.add_argument("--bitrate", default="2500k")
-    ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--max-loss", type=float, default=0.5, help="%% in the steady window")
+    add_step_arguments(ap, ramp_per_viewer=0.5)
     ap.add_argument("--no-zero", dest="zero", action="store_false", help="skip the N=0 step")
     ap.add_argument("--max-server-cores", type=float, default=0.95)
     ap.add_argument("--min-delivery", type=float, default=0.8, help="pkt/s/viewer vs. 1st step")
@@ -142,7 +131,7 @@ def main() -> int:
     server = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        server = start_server(port)
+        server = start_server(port, module="loadtest.naive_server")
         with tempfile.TemporaryDirectory(prefix="bench-naive-") as tmp:
             if args.zero:
                 r["steps"].append(idle_step(args, server.pid, port))
