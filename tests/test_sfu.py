@@ -212,3 +212,26 @@ def test_gop_longer_than_the_cache_is_not_replayed() -> None:
     for seq in range(2, 2 + GOP_CACHE_BYTES // 1200 + 2):
         feed.on_rtp(96, seq & 0xFFFF, seq * 3000, True, big, 0x5, 0.0)
     assert feed.gop is None
+
+
+def test_viewer_picture_loss_reaches_the_publisher_rate_limited() -> None:
+    async def scenario() -> None:
+        clock = [10.0]
+        sent: list[int] = []
+        feed = TrackFeed("video", now=lambda: clock[0])
+        feed.attach_source(VP8_PUB, sent.append)
+        track = DownTrack(
+            kind="video",
+            ssrc=1,
+            rtx_ssrc=2,
+            codecs=VP8_VIEW,
+            send=Sink(),
+            request_keyframe=feed.request_keyframe,
+        )
+        feed.add(track)  # joining asks nothing yet: no packet has named the publisher SSRC
+        feed.on_rtp(96, 1, 0, True, KEY, 0x42, clock[0])
+        track.on_picture_loss()  # the viewer's PLI/FIR (RFC 4585 §6.3.1)
+        track.on_picture_loss()  # within PLI_INTERVAL: coalesced into a deferred one
+        assert sent == [0x42] and track.plis == 2
+
+    asyncio.run(scenario())
