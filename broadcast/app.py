@@ -35,6 +35,7 @@ def _server_ice_servers(settings: Settings) -> list[RTCIceServer]:
 
 def create_app(settings: Settings) -> Starlette:
     glue.register_passthrough_codecs()
+    glue.defer_bitrate_estimators()
     glue.restrict_host_addresses(settings.ice_addresses)
     registry = MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
     hub = Hub(settings, registry, _server_ice_servers(settings))

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=_positive(int, 1), default=30)
     g.add_argument("--bitrate", type=parse_bitrate, default="2500k", help="video, e.g. 2500k")
     g.add_argument("--gop", type=_positive(int, 1), default=60, help="keyframe interval, frames")
+    g.add_argument(
+        "--honour-pli",
+        action="store_true",
+        help="answer PLI with the clip's next keyframe, like a live encoder (default: ignore "
+        "PLI, like OBS)",
+    )
     g = run.add_argument_group("output")
     g.add_argument("--json", type=Path, help="write the full report here")
     g.add_argument("--plot", type=Path, help="write a PNG here (needs matplotlib)")

@@ -46,8 +46,10 @@ def proc_sample(pid: int) -> dict[str, float]:
     rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
     cpu1 = next(x for x in Path("/proc/stat").read_text().splitlines() if x.startswith("cpu1 "))
     j = [int(x) for x in cpu1.split()[1:9]]
-    cpu, busy = (int(stat[11]) + int(stat[12])) / TICK, sum(j) - j[3] - j[4]  # - idle, iowait
-    return {"mono": time.monotonic(), "cpu": cpu, "rss": rss, "c1_busy": busy, "c1_all": sum(j)}
+    user, sys_ = int(stat[11]) / TICK, int(stat[12]) / TICK  # utime, stime: proc(5)
+    busy = sum(j) - j[3] - j[4]  # - idle, iowait
+    out = {"mono": time.monotonic(), "cpu": user + sys_, "user": user, "sys": sys_, "rss": rss}
+    return out | {"c1_busy": busy, "c1_all": sum(j)}
 
 
 def start_server(port: int, module: str = "broadcast") -> subprocess.Popen[bytes]:
@@ -137,6 +139,11 @@ def run_step(args: argparse.Namespace, pid: int, port: int, n: int, tmp: Path) -
     agg, mach = rep["aggregate"], rep["machine"]
     s: dict[str, Any] = {"viewers": n, "ramp_s": ramp, "window": [t0, t1], "window_s": dt}
     s["server_cores"] = (b["cpu"] - a["cpu"]) / dt
+    # user: the interpreter, libsrtp; system: syscalls and, on loopback, delivery to the viewer
+    s["server_user_cores"], s["server_sys_cores"] = (
+        (b["user"] - a["user"]) / dt,
+        (b["sys"] - a["sys"]) / dt,
+    )
     s["forwarded_pps"] = recv / (t1 - t0)
     s["pps_per_viewer"] = s["forwarded_pps"] / n
     s["window_loss_pct"] = 100 * lost / (recv + lost) if recv + lost > 0 else None
@@ -175,6 +182,9 @@ def fit(steps: list[dict[str, Any]], max_loss: float) -> dict[str, Any]:
     f["egress_gbps_per_core_ip"] = vpc * (bps + pps * OVERHEAD_B * 8) / 1e9
     f["rss_bytes_per_viewer"] = rslope
     f["r2"] = statistics.correlation(xs, ys) ** 2 if len(xs) > 2 else None
+    for part in ("user", "sys"):
+        ps = [s[f"server_{part}_cores"] for s in good]
+        f[f"us_per_packet_per_viewer_{part}"] = statistics.linear_regression(xs, ps)[0] * 1e6
     return f
 
 

@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 from aiortc import RTCSessionDescription as SDP
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from loadtest.quick_cpu import VP8, PacketTrack
 
@@ -145,8 +146,10 @@ async def _publish(cfg: dict[str, Any], queue: Any, stop: Any) -> None:
     info: dict[str, Any] = {"clip": cfg["clip"] | {"frames": spec.frames, "actual_kbps": kbps}}
     info["encode_or_load_s"] = time.monotonic() - started
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    track = PacketTrack("video", video, 1 / spec.fps)
-    pc.addTransceiver(track, direction="sendonly")
+    track = PacketTrack("video", video, 1 / spec.fps, spec.gop)
+    sender = pc.addTransceiver(track, direction="sendonly").sender
+    if cfg.get("honour_pli"):
+        _honour_pli(sender, track)
     pc.addTransceiver(PacketTrack("audio", audio, 0.02), direction="sendonly")
     caps = RTCRtpSender.getCapabilities("video").codecs
     pick = [c for c in caps if c.mimeType.lower() in ("video/vp8", "video/rtx")]
@@ -178,13 +181,29 @@ async def _publish(cfg: dict[str, Any], queue: Any, stop: Any) -> None:
                 if pc.connectionState in ("failed", "closed"):
                     raise RuntimeError(f"publisher connection {pc.connectionState}")
                 await asyncio.sleep(0.2)
-            queue.put(("pub-final", {"frames_sent": track.count}))
+            final = {"frames_sent": track.count, "keyframes_on_pli": track.keyframes_on_request}
+            queue.put(("pub-final", final))
         finally:
             if location:
                 with contextlib.suppress(httpx.HTTPError):
                     await client.delete(location, headers=auth_headers(cfg["token"]), timeout=3)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pc.close(), 5)
+
+
+def _honour_pli(sender: RTCRtpSender, track: PacketTrack) -> None:
+    """Answer PLI/FIR with the clip's next keyframe, as a live encoder would (RFC 4585 §6.3.1).
+
+    aiortc passes pre-encoded packets through untouched, so it cannot force a keyframe itself.
+    """
+    handle = sender._handle_rtcp_packet
+
+    async def on_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            track.request_keyframe()
+        await handle(packet)
+
+    sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]
 
 
 def publisher_main(cfg: dict[str, Any], queue: Any, stop: Any) -> None:

@@ -83,15 +83,22 @@ def calibrate(n: int = 20000) -> dict[str, float]:
 class PacketTrack(MediaStreamTrack):
     """Pre-encoded av.Packets, paced in real time and looping: aiortc only packetizes them."""
 
-    def __init__(self, kind: str, payloads: list[bytes], period: float) -> None:
+    def __init__(self, kind: str, payloads: list[bytes], period: float, gop: int = 0) -> None:
         super().__init__()
-        self.kind, self.payloads, self.period = kind, payloads, period
-        self.count, self.start = 0, 0.0
+        self.kind, self.payloads, self.period, self.gop = kind, payloads, period, gop
+        self.count, self.start, self.skip, self.keyframes_on_request = 0, 0.0, 0, 0
+
+    def request_keyframe(self) -> None:
+        """Skip ahead to the clip's next keyframe (every `gop` frames): a keyframe on demand."""
+        at = (self.count + self.skip) % self.gop if self.gop else 0
+        if at:
+            self.skip += self.gop - at
+            self.keyframes_on_request += 1
 
     async def recv(self) -> av.Packet:
         self.start = self.start or time.monotonic()
         await asyncio.sleep(max(0.0, self.start + self.count * self.period - time.monotonic()))
-        packet = av.Packet(self.payloads[self.count % len(self.payloads)])
+        packet = av.Packet(self.payloads[(self.count + self.skip) % len(self.payloads)])
         packet.pts, packet.time_base = self.count, fractions.Fraction(1, round(1 / self.period))
         self.count += 1
         return packet

@@ -115,7 +115,7 @@ class Run:
         token = a.publish_token or a.token
         max_life = SETUP_S + a.ramp + a.duration + GRACE_S + 30
         cfg = {"url": self.whip, "token": token, "clip": clip, "loopback": self.loopback}
-        cfg["max_life_s"] = max_life
+        cfg["max_life_s"], cfg["honour_pli"] = max_life, a.honour_pli
         p = self.ctx.Process(
             target=publisher_main, args=(cfg, self.q, self.pub_stop), name="lt-publisher"
         )

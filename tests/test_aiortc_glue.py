@@ -13,6 +13,7 @@ import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import CODECS
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from broadcast.media import aiortc_glue as glue
@@ -139,3 +140,23 @@ def test_srtp_protector_matches_pylibsrtp_and_drops_replays() -> None:
         assert ours(packet) == theirs.protect(packet)
     assert ours(packets[0]) is None  # a sequence number already sent (RFC 3711 §3.3.2)
     assert ours(bytes(12) + bytes(1600)) is None  # larger than any MTU
+
+
+def test_bitrate_estimator_is_built_on_the_first_packet() -> None:
+    async def scenario() -> None:
+        glue.defer_bitrate_estimators()
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video")
+        lazy = pc.getTransceivers()[0].receiver._RTCRtpReceiver__remote_bitrate_estimator
+        assert isinstance(lazy, glue.LazyBitrateEstimator) and lazy._estimator is None
+        real = RemoteBitrateEstimator()
+        # 1200-byte packets every 5 ms for 4 s; abs-send-time is 6.18 fixed point seconds.
+        answers = []
+        for i in range(800):
+            sent = (i * 5 * (1 << 18) // 1000) & 0xFFFFFF
+            args = (10_000 + i * 5 + i % 7, sent, 1200, 0x1234)
+            answers.append((lazy.add(*args), real.add(*args)))
+        assert all(a == b for a, b in answers) and any(a for a, _ in answers)
+        await pc.close()
+
+    asyncio.run(scenario())

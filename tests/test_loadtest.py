@@ -19,6 +19,7 @@ import pytest
 
 from loadtest.__main__ import build_parser, parse_bitrate
 from loadtest.publisher import read_counter, stamp_counter
+from loadtest.quick_cpu import PacketTrack
 from loadtest.report import Series, parse_metrics
 from loadtest.stats import SeqTracker, percentile, summarize
 from loadtest.viewer import TrackCounter
@@ -185,6 +186,18 @@ def test_frame_counter_survives_vp8() -> None:
     assert seen == [0, 1, 2, 77, 300, 65535]
 
 
+def test_packet_track_skips_to_the_next_keyframe_on_request() -> None:
+    track = PacketTrack("video", [bytes([i]) for i in range(120)], 1 / 30, gop=60)
+    track.count = 25
+    track.request_keyframe()
+    assert (track.count + track.skip) % 120 == 60 and track.keyframes_on_request == 1
+    track.request_keyframe()  # already at a keyframe: nothing to skip
+    assert track.skip == 35 and track.keyframes_on_request == 1
+    track.count = 61
+    track.request_keyframe()
+    assert (track.count + track.skip) % 120 == 0 and track.keyframes_on_request == 2
+
+
 def test_help() -> None:
     for argv in (["--help"], ["run", "--help"]):
         with pytest.raises(SystemExit) as exit_info:
@@ -228,6 +241,7 @@ def test_run_against_a_server(tmp_path: Path) -> None:
         cmd += ["--duration", "5", "--processes", "2", "--decode-sample", "1"]
         cmd += ["--json", str(out), "--plot", str(png), "--server-pid", str(server.pid)]
         cmd += ["--width", "640", "--height", "360", "--bitrate", "800k", "--quiet"]
+        cmd += ["--honour-pli"]
         tool = subprocess.Popen(
             cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE
         )
@@ -246,6 +260,7 @@ def test_run_against_a_server(tmp_path: Path) -> None:
     assert agg["packets_received"] > 0 and agg["bitrate_bps"] > 0 and agg["failed"] == 0
     assert agg["join_ms"]["p95"] is not None and agg["first_frame_ms"]["p99"] is not None
     assert len(report["viewers"]) == 5 and report["failures"] == []
+    assert report["publisher"]["keyframes_on_pli"] >= 1  # the viewers' PLIs reached it
     for v in report["viewers"]:
         assert v["error"] is None, v
         assert v["packets_received"] > 0 and v["loss_pct"] <= 5, v
@@ -255,6 +270,12 @@ def test_run_against_a_server(tmp_path: Path) -> None:
         assert set(v["tracks"]) == {"audio", "video"}
         assert v["tracks"]["video"]["codec"] == "vp8" and v["tracks"]["audio"]["codec"] == "opus"
     decoding = [v for v in report["viewers"] if v["decode"]]
+    counting = [v for v in report["viewers"] if not v["decode"]]
+    assert all(v["counted_from_srtp_headers"] for v in counting), counting
+    assert not decoding[0]["counted_from_srtp_headers"]
+    reference = decoding[0]["tracks"]["video"]["bitrate_bps"]
+    for v in counting:  # header counting sees the same payload bytes as decrypting
+        assert 0.8 < v["tracks"]["video"]["bitrate_bps"] / reference < 1.25, (v, reference)
     assert len(decoding) == 1 and decoding[0]["decoded"]["frames"] > 30
     assert decoding[0]["decoded"]["sizes"] == ["640x360"]
     series = report["timeseries"]

@@ -8,7 +8,13 @@ import struct
 from broadcast.protocol.rtp import ntp_to_seconds, seconds_to_ntp
 from broadcast.sfu.codecs import CodecSpec
 from broadcast.sfu.downtrack import DownTrack
-from broadcast.sfu.feed import GOP_CACHE_BYTES, PLI_INTERVAL, REPLAY_AFTER, TrackFeed
+from broadcast.sfu.feed import (
+    GOP_CACHE_BYTES,
+    PLI_ANSWER_LIMIT,
+    PLI_INTERVAL,
+    REPLAY_AFTER,
+    TrackFeed,
+)
 from broadcast.sfu.stream import Stream
 
 VP8_PUB = [CodecSpec(96, "video/vp8", 90000), CodecSpec(97, "video/rtx", 90000, None, {"apt": 96})]
@@ -200,6 +206,57 @@ def test_waiting_viewer_starts_from_the_cached_keyframe() -> None:
         live = header(sink.packets[-1])
         assert live[2] == (sent[-1][2] + 1) & 0xFFFF
         assert (live[3] - stamps[-1]) & 0xFFFFFFFF == 3000
+
+    asyncio.run(scenario())
+
+
+def test_viewer_of_a_publisher_ignoring_pli_starts_from_the_cache_at_once() -> None:
+    async def scenario() -> None:
+        clock = [50.0]
+        sent: list[int] = []
+        feed = TrackFeed("video", now=lambda: clock[0])
+        feed.attach_source(VP8_PUB, sent.append)
+        feed.on_rtp(96, 1, 0, True, KEY, 0x5, clock[0])
+        feed.on_rtp(96, 2, 3000, True, DELTA, 0x5, clock[0] + 0.03)
+        first = downtrack(Sink())
+        feed.add(first)  # asks; how fast the publisher answers is unknown: the cache now
+        assert sent == [0x5] and first.synced and feed.replays == 1
+        assert feed.pli_answer_s is None and not feed.pli_ignored
+        clock[0] += PLI_ANSWER_LIMIT + 0.01
+        feed.on_rtp(96, 3, 6000, True, DELTA, 0x5, clock[0])  # no keyframe came
+        clock[0] += PLI_INTERVAL
+        sink = Sink()
+        late = downtrack(sink)
+        feed.add(late)
+        assert feed.pli_ignored and late.synced and feed.replays == 2  # no wait at all
+        assert len(sink.packets) == 3 and sink.packets[0].endswith(KEY)
+
+    asyncio.run(scenario())
+
+
+def test_viewer_of_a_publisher_answering_pli_waits_for_the_fresh_keyframe() -> None:
+    async def scenario() -> None:
+        clock = [50.0]
+        sent: list[int] = []
+        feed = TrackFeed("video", now=lambda: clock[0])
+        feed.attach_source(VP8_PUB, sent.append)
+        feed.on_rtp(96, 1, 0, True, KEY, 0x5, clock[0])
+        feed.add(downtrack(Sink()))  # started from the cache (replay 1)
+        clock[0] += 0.04
+        feed.on_rtp(96, 2, 3600, True, KEY, 0x5, clock[0])  # the answer, 40 ms later
+        assert feed.pli_answer_s is not None and abs(feed.pli_answer_s - 0.04) < 1e-9
+        assert not feed.pli_ignored
+        clock[0] += PLI_INTERVAL
+        waiting = downtrack(Sink())
+        feed.add(waiting)  # asked at once: its keyframe is 40 ms away, so no replay
+        assert len(sent) == 2 and not waiting.synced and feed.replays == 1
+        clock[0] += 0.01
+        coalesced = downtrack(Sink())
+        feed.add(coalesced)  # its request waits ~0.5 s: start from the cache instead
+        assert len(sent) == 2 and coalesced.synced and feed.replays == 2
+        clock[0] += 0.03
+        feed.on_rtp(96, 3, 7200, True, KEY, 0x5, clock[0])
+        assert waiting.synced
 
     asyncio.run(scenario())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from time import perf_counter
@@ -18,7 +19,15 @@ from broadcast.protocol.rtp import abs_send_time, abs_send_time_bytes, ntp_to_se
 from broadcast.sfu.codecs import CodecSpec
 from broadcast.sfu.downtrack import DownTrack, HistoryEntry
 
-__all__ = ["GOP_CACHE_BYTES", "HISTORY_SIZE", "PLI_INTERVAL", "REPLAY_AFTER", "TrackFeed"]
+__all__ = [
+    "GOP_CACHE_BYTES",
+    "HISTORY_SIZE",
+    "KEYFRAME_WAIT",
+    "PLI_ANSWER_LIMIT",
+    "PLI_INTERVAL",
+    "REPLAY_AFTER",
+    "TrackFeed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,14 @@ NTP_UNIX_OFFSET = 2208988800
 # a longer GOP is not cached (the viewer then waits for the publisher's next keyframe).
 GOP_CACHE_BYTES = 4_000_000
 REPLAY_AFTER = 0.25
+# A keyframe within this long of a request counts as its answer.
+PLI_ANSWER_LIMIT = 0.25
+# A new viewer waits for a fresh keyframe only when the publisher's answer to the pending
+# request is expected within this long (from how fast it answered the last one); otherwise
+# (OBS ignores PLI; a coalesced request waits up to PLI_INTERVAL) it starts from the cache
+# at once: a picture now beats a fresher one later, and the cache is small when keyframes
+# are frequent.
+KEYFRAME_WAIT = 0.1
 
 
 class TrackFeed:
@@ -53,6 +70,10 @@ class TrackFeed:
         self.last_pt: int | None = None
         self._last_pli = -PLI_INTERVAL
         self._pli_timer: asyncio.TimerHandle | None = None
+        self._pli_unanswered_since: float | None = None
+        # Seconds from the last request to its keyframe; None: unknown or unanswered.
+        self.pli_answer_s: float | None = None
+        self.pli_ignored = False
         # Publisher clock: last SR as (NTP seconds, RTP timestamp, local arrival time).
         self.sender_report: tuple[float, int, float] | None = None
         self.last_arrival: float | None = None
@@ -93,6 +114,7 @@ class TrackFeed:
         self.sender_report = None
         self.last_arrival = None
         self.gop = None
+        self._pli_unanswered_since, self.pli_answer_s, self.pli_ignored = None, None, False
         for downtrack in self.downtracks:
             downtrack.set_source(self.codecs)
 
@@ -108,7 +130,23 @@ class TrackFeed:
         self.downtracks.append(downtrack)
         if self.video:
             self.request_keyframe()
-            asyncio.get_event_loop().call_later(REPLAY_AFTER, self._replay, downtrack)
+            if self.gop and self._fresh_keyframe_in() > KEYFRAME_WAIT:
+                self._replay(downtrack)
+            else:
+                asyncio.get_event_loop().call_later(REPLAY_AFTER, self._replay, downtrack)
+
+    def _fresh_keyframe_in(self) -> float:
+        """Seconds until a keyframe answering the pending request is expected (inf: never)."""
+        now = self._now()
+        self._check_pli_answer(now)
+        if self.pli_ignored:
+            return math.inf
+        answer = self.pli_answer_s if self.pli_answer_s is not None else PLI_ANSWER_LIMIT
+        if self._pli_timer is not None:  # coalesced: asked at _last_pli + PLI_INTERVAL
+            return self._last_pli + PLI_INTERVAL + answer - now
+        if self._pli_unanswered_since is not None:
+            return self._pli_unanswered_since + answer - now
+        return 0.0  # no request outstanding: nothing to wait for but live packets
 
     def _replay(self, downtrack: DownTrack) -> None:
         """Start a viewer that is still waiting from the cached keyframe onwards."""
@@ -136,6 +174,7 @@ class TrackFeed:
             if codec is not None and is_keyframe_start(codec, payload):
                 keyframe = True
                 self.keyframes += 1
+                self._check_pli_answer(now, keyframe=True)
                 self.dimensions = keyframe_dimensions(codec, payload) or self.dimensions
         self.media_ssrc = ssrc
         self.last_pt = pt
@@ -184,11 +223,27 @@ class TrackFeed:
         self._pli_timer = None
         self._send_pli()
 
+    def _check_pli_answer(self, now: float, keyframe: bool = False) -> None:
+        """Has the publisher answered the outstanding keyframe request (in time)?"""
+        since = self._pli_unanswered_since
+        if since is None:
+            return
+        if keyframe and now - since <= PLI_ANSWER_LIMIT:
+            self.pli_answer_s, self.pli_ignored = now - since, False
+        elif keyframe or now - since > PLI_ANSWER_LIMIT:
+            self.pli_answer_s, self.pli_ignored = None, True
+        else:
+            return
+        self._pli_unanswered_since = None
+
     def _send_pli(self) -> None:
         if self._requester is None or self.media_ssrc is None:
             # Nothing received yet: the publisher's first frame is a keyframe anyway.
             return
         self._last_pli = self._now()
+        self._check_pli_answer(self._last_pli)
+        if self._pli_unanswered_since is None:
+            self._pli_unanswered_since = self._last_pli
         self.keyframe_requests += 1
         self._requester(self.media_ssrc)
 
