@@ -8,6 +8,7 @@ tests/test_forwarding.py, which also asserts that no decoder thread is ever star
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 import aioice.ice
 import pytest
@@ -158,5 +159,23 @@ def test_bitrate_estimator_is_built_on_the_first_packet() -> None:
             answers.append((lazy.add(*args), real.add(*args)))
         assert all(a == b for a, b in answers) and any(a for a, _ in answers)
         await pc.close()
+
+    asyncio.run(scenario())
+
+
+def test_peer_connections_share_one_certificate_and_ssl_context() -> None:
+    async def scenario() -> None:
+        a, b = glue.new_peer_connection([]), glue.new_peer_connection([])
+        for pc in (a, b):
+            pc.addTransceiver("video")
+        dtls_a = a.getTransceivers()[0].receiver.transport
+        dtls_b = b.getTransceivers()[0].receiver.transport
+        assert dtls_a.getLocalParameters().fingerprints == dtls_b.getLocalParameters().fingerprints
+        cert = glue.shared_certificate()
+        profiles = dtls_a._srtp_profiles
+        assert cert._create_ssl_context(profiles) is cert._create_ssl_context(profiles)
+        assert cert.expires > datetime.datetime.now(datetime.UTC)
+        for pc in (a, b):
+            await pc.close()
 
     asyncio.run(scenario())

@@ -219,8 +219,8 @@ def test_viewer_of_a_publisher_ignoring_pli_starts_from_the_cache_at_once() -> N
         feed.on_rtp(96, 1, 0, True, KEY, 0x5, clock[0])
         feed.on_rtp(96, 2, 3000, True, DELTA, 0x5, clock[0] + 0.03)
         first = downtrack(Sink())
-        feed.add(first)  # asks; how fast the publisher answers is unknown: the cache now
-        assert sent == [0x5] and first.synced and feed.replays == 1
+        feed.add(first)  # asks; how fast the publisher answers is not known: it waits
+        assert sent == [0x5] and not first.synced and feed.replays == 0
         assert feed.pli_answer_s is None and not feed.pli_ignored
         clock[0] += PLI_ANSWER_LIMIT + 0.01
         feed.on_rtp(96, 3, 6000, True, DELTA, 0x5, clock[0])  # no keyframe came
@@ -228,7 +228,7 @@ def test_viewer_of_a_publisher_ignoring_pli_starts_from_the_cache_at_once() -> N
         sink = Sink()
         late = downtrack(sink)
         feed.add(late)
-        assert feed.pli_ignored and late.synced and feed.replays == 2  # no wait at all
+        assert feed.pli_ignored and late.synced and feed.replays == 1  # no wait at all
         assert len(sink.packets) == 3 and sink.packets[0].endswith(KEY)
 
     asyncio.run(scenario())
@@ -241,7 +241,7 @@ def test_viewer_of_a_publisher_answering_pli_waits_for_the_fresh_keyframe() -> N
         feed = TrackFeed("video", now=lambda: clock[0])
         feed.attach_source(VP8_PUB, sent.append)
         feed.on_rtp(96, 1, 0, True, KEY, 0x5, clock[0])
-        feed.add(downtrack(Sink()))  # started from the cache (replay 1)
+        feed.add(downtrack(Sink()))
         clock[0] += 0.04
         feed.on_rtp(96, 2, 3600, True, KEY, 0x5, clock[0])  # the answer, 40 ms later
         assert feed.pli_answer_s is not None and abs(feed.pli_answer_s - 0.04) < 1e-9
@@ -249,11 +249,11 @@ def test_viewer_of_a_publisher_answering_pli_waits_for_the_fresh_keyframe() -> N
         clock[0] += PLI_INTERVAL
         waiting = downtrack(Sink())
         feed.add(waiting)  # asked at once: its keyframe is 40 ms away, so no replay
-        assert len(sent) == 2 and not waiting.synced and feed.replays == 1
+        assert len(sent) == 2 and not waiting.synced and feed.replays == 0
         clock[0] += 0.01
         coalesced = downtrack(Sink())
         feed.add(coalesced)  # its request waits ~0.5 s: start from the cache instead
-        assert len(sent) == 2 and coalesced.synced and feed.replays == 2
+        assert len(sent) == 2 and coalesced.synced and feed.replays == 1
         clock[0] += 0.03
         feed.on_rtp(96, 3, 7200, True, KEY, 0x5, clock[0])
         assert waiting.synced

@@ -44,11 +44,11 @@ GOP_CACHE_BYTES = 4_000_000
 REPLAY_AFTER = 0.25
 # A keyframe within this long of a request counts as its answer.
 PLI_ANSWER_LIMIT = 0.25
-# A new viewer waits for a fresh keyframe only when the publisher's answer to the pending
-# request is expected within this long (from how fast it answered the last one); otherwise
-# (OBS ignores PLI; a coalesced request waits up to PLI_INTERVAL) it starts from the cache
-# at once: a picture now beats a fresher one later, and the cache is small when keyframes
-# are frequent.
+# A new viewer waits (up to REPLAY_AFTER) for a fresh keyframe when the publisher's answer
+# to the pending request is expected within this long, from how fast it answered the last
+# one, or when that is not known yet. Otherwise (OBS ignores PLI; a coalesced request
+# waits up to PLI_INTERVAL) it starts from the cache at once: a picture now beats a
+# fresher one later, and the cache is small when keyframes are frequent.
 KEYFRAME_WAIT = 0.1
 
 
@@ -141,7 +141,9 @@ class TrackFeed:
         self._check_pli_answer(now)
         if self.pli_ignored:
             return math.inf
-        answer = self.pli_answer_s if self.pli_answer_s is not None else PLI_ANSWER_LIMIT
+        answer = self.pli_answer_s
+        if answer is None:  # not known yet: wait as for a prompt answer
+            return 0.0
         if self._pli_timer is not None:  # coalesced: asked at _last_pli + PLI_INTERVAL
             return self._last_pli + PLI_INTERVAL + answer - now
         if self._pli_unanswered_since is not None:
