@@ -27,11 +27,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/broadcast serve --host $(HOST) --port $(PORT)
 
-# redis-server and chromium come from Debian; install them only where missing.
+# redis-server, chromium and nodejs (the player's unit tests) come from Debian; install
+# them only where missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(APT) update -q && $(APT) install -y -q --no-install-recommends $$missing; \

@@ -17,6 +17,7 @@ from broadcast.errors import BroadcastError, MethodNotAllowed, NotFound
 from broadcast.http.common import problem_response
 from broadcast.http.endpoints import Endpoints
 from broadcast.http.ops import Ops
+from broadcast.http.pages import Pages
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.hub import Hub
 from broadcast.registry.base import NodeInfo
@@ -36,10 +37,11 @@ def _server_ice_servers(settings: Settings) -> list[RTCIceServer]:
 def create_app(settings: Settings) -> Starlette:
     glue.register_passthrough_codecs()
     glue.defer_bitrate_estimators()
+    glue.echo_offered_payload_types()
     glue.restrict_host_addresses(settings.ice_addresses)
     registry = MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
     hub = Hub(settings, registry, _server_ice_servers(settings))
-    ops = Ops(hub, settings.node_id)
+    ops = Ops(hub, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
         *Endpoints("whip", settings, hub).routes(),
         *Endpoints("whep", settings, hub).routes(),
         *ops.routes(),
+        *Pages().routes(),
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}

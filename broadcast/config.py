@@ -55,6 +55,14 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("publish_token", "viewer_token", "turn_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `BROADCAST_PUBLISH_TOKEN=` (empty) means no token, not "the empty token".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("ice_servers")
     @classmethod
     def _check_ice_urls(cls, value: list[str]) -> list[str]:

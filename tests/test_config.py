@@ -52,3 +52,10 @@ def test_ice_server_urls_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROADCAST_ICE_SERVERS", "http://not-ice")
     with pytest.raises(ValidationError):
         load_settings()
+
+
+def test_empty_tokens_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROADCAST_PUBLISH_TOKEN", "")
+    monkeypatch.setenv("BROADCAST_VIEWER_TOKEN", "  ")
+    settings = load_settings()
+    assert settings.publish_token is None and settings.viewer_token is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,38 @@ async def test_vp9_and_av1_are_negotiated_for_forwarding(server, codec: str) -> 
     assert f" {codec}/90000" in answer.split("m=video")[1]
     await viewer.stop(server.client)
     await publisher.stop(server.client)
+
+
+def rtpmaps(section: str) -> dict[int, str]:
+    """Payload type -> 'codec/clock[;fmtp]' for one media section; duplicates fail."""
+    found: dict[int, str] = {}
+    fmtp = dict(re.findall(r"a=fmtp:(\d+) (\S+)", section))
+    for pt, codec in re.findall(r"a=rtpmap:(\d+) (\S+)", section):
+        assert int(pt) not in found, f"payload type {pt} mapped twice"
+        found[int(pt)] = codec + (";" + fmtp[pt] if pt in fmtp else "")
+    return found
+
+
+async def test_chromium_offer_with_low_dynamic_payload_types(server) -> None:
+    # Chromium 156 (Debian), a recvonly offer as its player makes it: besides 96-127 it
+    # numbers VP9, H.264 and AV1 variants 35-49. Every answered payload type must be the
+    # offer's own number for that codec (RFC 3264 §6.1), each mapped once.
+    offer = (Path(__file__).parent / "fixtures" / "chromium-156-whep-offer.sdp").read_text()
+    response = await server.client.post(
+        "/whep/chromium", content=offer, headers={"Content-Type": "application/sdp"}
+    )
+    assert response.status_code == 201, response.text
+    offered, answered = (
+        [rtpmaps(part) for part in sdp.split("m=")[1:]] for sdp in (offer, response.text)
+    )
+    for offer_section, answer_section in zip(offered, answered, strict=True):
+        assert answer_section, "a media section with no codec"
+        for pt, codec in answer_section.items():
+            name = codec.split(";")[0].lower()
+            assert offer_section[pt].split(";")[0].lower() == name, (pt, codec)
+            if name.startswith("rtx/"):
+                apt = int(codec.split("apt=")[1].split(";")[0])
+                assert apt in answer_section, f"rtx {pt} points at {apt}, not answered"
+    video = answered[0]
+    assert any(pt < 64 for pt in video), "the 35-63 entries were dropped, not echoed"
+    assert (await server.client.delete(response.headers["location"])).status_code == 200

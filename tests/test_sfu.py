@@ -261,6 +261,23 @@ def test_viewer_of_a_publisher_answering_pli_waits_for_the_fresh_keyframe() -> N
     asyncio.run(scenario())
 
 
+def test_cache_is_dropped_when_the_publisher_leaves() -> None:
+    async def scenario() -> None:
+        feed = TrackFeed("video")
+        feed.attach_source(VP8_PUB, lambda ssrc: None)
+        loop = asyncio.get_running_loop()
+        feed.on_rtp(96, 1, 0, True, KEY, 0x5, loop.time())
+        feed.on_rtp(96, 2, 3000, True, DELTA, 0x5, loop.time())
+        assert feed.gop
+        feed.detach_source()
+        sink = Sink()
+        feed.add(downtrack(sink))
+        await asyncio.sleep(REPLAY_AFTER + 0.1)
+        assert sink.packets == [] and feed.replays == 0
+
+    asyncio.run(scenario())
+
+
 def test_gop_longer_than_the_cache_is_not_replayed() -> None:
     feed = TrackFeed("video", now=lambda: 0.0)
     feed.attach_source(VP8_PUB, lambda ssrc: None)

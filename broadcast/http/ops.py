@@ -15,31 +15,17 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from broadcast.config import Settings
 from broadcast.errors import BroadcastError, NotFound
-from broadcast.http.common import problem_response, stream_name
+from broadcast.http.common import cors_headers, problem_response, stream_name
 from broadcast.media.hub import Hub
 from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.stream import Stream
 
 __all__ = ["Ops"]
-
-_INDEX = """<!doctype html>
-<meta charset="utf-8"><title>broadcast</title>
-<h1>Live streams</h1><ul id="streams"><li>loading…</li></ul>
-<script>
-fetch('/api/streams').then(r => r.json()).then(list => {
-  const ul = document.getElementById('streams');
-  ul.replaceChildren(...(list.length ? list.map(s => {
-    const li = document.createElement('li');
-    li.textContent = `${s.stream} — ${s.viewers} viewer(s) — WHEP: /whep/${s.stream}`;
-    return li;
-  }) : [Object.assign(document.createElement('li'), {textContent: 'none yet'})]));
-});
-</script>
-"""
 
 
 class HubCollector(Collector):
@@ -63,9 +49,10 @@ class HubCollector(Collector):
 
 
 class Ops:
-    def __init__(self, hub: Hub, node_id: str) -> None:
+    def __init__(self, hub: Hub, settings: Settings) -> None:
         self.hub = hub
-        self.node_id = node_id
+        self.settings = settings
+        self.node_id = settings.node_id
         self.ready = True
         self.registry = CollectorRegistry()
         self.registry.register(HubCollector(hub))
@@ -79,16 +66,12 @@ class Ops:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/", self.index, methods=["GET", "HEAD"]),
             Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
             Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
             Route("/metrics", self.metrics, methods=["GET", "HEAD"]),
             Route("/api/streams", self.streams, methods=["GET", "HEAD"]),
             Route("/api/streams/{stream}", self.stream, methods=["GET", "HEAD"]),
         ]
-
-    async def index(self, request: Request) -> Response:
-        return HTMLResponse(_INDEX)
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -102,7 +85,12 @@ class Ops:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def streams(self, request: Request) -> Response:
-        return JSONResponse([self._describe(s) for s in self.hub.live_streams()])
+        body = [self._describe(s) for s in self.hub.live_streams()]
+        return JSONResponse(body, headers=self._cors(request))
+
+    def _cors(self, request: Request) -> dict[str, str]:
+        # Players embedded on other origins read the viewer count here.
+        return cors_headers(request, self.settings, methods="GET, HEAD")
 
     async def stream(self, request: Request) -> Response:
         try:
@@ -111,10 +99,12 @@ class Ops:
             if stream is None:
                 raise NotFound(f"no stream {name!r} on this node")
         except BroadcastError as error:
-            return problem_response(error, request.url.path)
+            response = problem_response(error, request.url.path)
+            response.headers.update(self._cors(request))
+            return response
         body = self._describe(stream)
         body["viewer_sessions"] = [v.stats() for v in self.hub.viewers_of(stream)]
-        return JSONResponse(body)
+        return JSONResponse(body, headers=self._cors(request))
 
     def _bitrate(self, feed: TrackFeed) -> int:
         """Ingest bit/s since this feed was last described (or since it started)."""

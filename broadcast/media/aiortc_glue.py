@@ -18,6 +18,7 @@ from typing import Any
 
 import aioice.ice
 import aiortc.rtcrtpreceiver
+import aiortc.rtp
 import pylibsrtp
 from aiortc import (
     MediaStreamTrack,
@@ -48,6 +49,7 @@ __all__ = [
     "add_remote_candidate",
     "adopt_offered_h264_parameters",
     "defer_bitrate_estimators",
+    "echo_offered_payload_types",
     "feed_sender_report",
     "new_peer_connection",
     "register_passthrough_codecs",
@@ -112,6 +114,16 @@ class LazyBitrateEstimator:
 def defer_bitrate_estimators() -> None:
     """Make aiortc's receivers build their REMB estimator lazily (idempotent)."""
     aiortc.rtcrtpreceiver.RemoteBitrateEstimator = LazyBitrateEstimator  # type: ignore[attr-defined,assignment]
+
+
+def echo_offered_payload_types() -> None:
+    """Answer every codec with the payload type the offer gave it (RFC 3264 §6.1).
+
+    aiortc does so only for 96-127 and answers any other number with its own, which can
+    collide with the offer's: Chromium 156 numbers extra VP9/H.264/AV1 entries 35-63, and
+    rejected the answer ("Duplicate payload type with conflicting codec name").
+    """
+    aiortc.rtp.DYNAMIC_PAYLOAD_TYPES = range(128)
 
 
 def register_passthrough_codecs() -> None:

@@ -121,6 +121,7 @@ class TrackFeed:
     def detach_source(self) -> None:
         self._requester = None
         self.media_ssrc = None
+        self.gop = None  # a viewer joining between publishers must not get stale pictures
         if self._pli_timer is not None:
             self._pli_timer.cancel()
             self._pli_timer = None
