@@ -1,7 +1,18 @@
 // The publisher page (GET /publish/{stream}): capture camera or screen, preview, go live over
 // WHIP. Media is requested only after a click (Start preview / Go live), never on load.
+// Capture and the device lists are in publish-media.js, the error messages in
+// publish-messages.js.
 
-import { HttpError, WHIPClient } from "/player/whip.js";
+import {
+  capture,
+  captureAudio,
+  captureVideo,
+  fillDevices,
+  insecureError,
+  listDevices,
+} from "./publish-media.js";
+import { explain } from "./publish-messages.js";
+import { WHIPClient } from "./whip.js";
 
 const TOKEN_KEY = "broadcast.publishToken";
 const STREAM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
@@ -99,10 +110,10 @@ function setup() {
   window.addEventListener("pageshow", (e) => e.persisted && render());
 
   if (!navigator.mediaDevices?.getUserMedia) {
-    showMessage(explain(insecureError()));
+    showMessage(explain(insecureError(), stream));
   } else {
-    navigator.mediaDevices.addEventListener?.("devicechange", () => fillDevices());
-    fillDevices();
+    navigator.mediaDevices.addEventListener?.("devicechange", () => refreshDevices());
+    refreshDevices();
   }
   if (!globalThis.RTCPeerConnection) {
     showMessage("This browser does not support WebRTC, so it cannot go live. Use a current Chrome, Edge, Firefox or Safari.");
@@ -124,111 +135,9 @@ function settings() {
   };
 }
 
-function insecureError() {
-  const error = new Error("navigator.mediaDevices is missing");
-  error.name = "InsecureContextError";
-  return error;
-}
-
-function videoConstraints(s) {
-  const video = { width: { ideal: s.width }, height: { ideal: s.height }, frameRate: { ideal: s.frameRate } };
-  if (s.camera) video.deviceId = { exact: s.camera };
-  return video;
-}
-
-function audioConstraints(s) {
-  if (s.microphone === "none") return false;
-  return s.microphone ? { deviceId: { exact: s.microphone } } : true;
-}
-
-/** Tag a capture error with the device it concerns, finding out which one is missing. */
-async function tagged(error, device, wantsAudio) {
-  if (error && typeof error === "object" && !error.device) {
-    error.device = device;
-    if (device === "camera" && /NotFound|DevicesNotFound/.test(error.name)) {
-      try {
-        const devices = await navigator.mediaDevices.enumerateDevices();
-        const has = (kind) => devices.some((d) => d.kind === kind);
-        if (has("videoinput") && wantsAudio && !has("audioinput")) error.device = "microphone";
-      } catch {
-        // keep "camera"
-      }
-    }
-  }
-  return error;
-}
-
-async function captureVideo(s) {
-  if (!navigator.mediaDevices?.getUserMedia) throw insecureError();
-  if (s.source === "screen") {
-    if (!navigator.mediaDevices.getDisplayMedia) {
-      const error = new Error("getDisplayMedia is missing");
-      error.name = "NotSupportedError";
-      error.device = "screen";
-      throw error;
-    }
-    try {
-      const display = await navigator.mediaDevices.getDisplayMedia({
-        video: { width: { ideal: s.width }, height: { ideal: s.height }, frameRate: { ideal: s.frameRate } },
-        audio: false,
-      });
-      const track = display.getVideoTracks()[0];
-      if ("contentHint" in track) track.contentHint = "detail"; // keep text sharp, drop frames
-      return track;
-    } catch (error) {
-      throw await tagged(error, "screen", false);
-    }
-  }
-  try {
-    const captured = await navigator.mediaDevices.getUserMedia({ video: videoConstraints(s) });
-    return captured.getVideoTracks()[0];
-  } catch (error) {
-    throw await tagged(error, "camera", false);
-  }
-}
-
-async function captureAudio(s) {
-  if (s.microphone === "none") return null;
-  if (!navigator.mediaDevices?.getUserMedia) throw insecureError();
-  try {
-    const captured = await navigator.mediaDevices.getUserMedia({ audio: audioConstraints(s) });
-    return captured.getAudioTracks()[0];
-  } catch (error) {
-    throw await tagged(error, "microphone", true);
-  }
-}
-
-/** Camera and microphone in one request (one permission prompt); screen, then microphone. */
-async function capture(s) {
-  if (!navigator.mediaDevices?.getUserMedia) throw insecureError();
-  let video = null;
-  let audio = null;
-  if (s.source === "camera") {
-    const wantsAudio = s.microphone !== "none";
-    try {
-      const captured = await navigator.mediaDevices.getUserMedia({
-        video: videoConstraints(s),
-        audio: audioConstraints(s),
-      });
-      video = captured.getVideoTracks()[0];
-      audio = captured.getAudioTracks()[0] ?? null;
-    } catch (error) {
-      throw await tagged(error, "camera", wantsAudio);
-    }
-  } else {
-    video = await captureVideo(s);
-    try {
-      audio = await captureAudio(s);
-    } catch (error) {
-      video.stop();
-      throw error;
-    }
-  }
-  const captured = new MediaStream([video, ...(audio ? [audio] : [])]);
-  const result = { stream: captured, video, audio, source: s.source };
-  watchTrack(video, result);
-  if (audio) watchTrack(audio, result);
-  return result;
+async function refreshDevices() {
+  const devices = await listDevices();
+  if (devices) fillDevices(ui.camera, ui.microphone, devices, media);
 }
 
 // A track that ends by itself (screen sharing stopped from the browser's bar, camera
@@ -253,6 +162,8 @@ function release() {
 
 function attach(captured) {
   media = captured;
+  watchTrack(captured.video, captured);
+  if (captured.audio) watchTrack(captured.audio, captured);
   exposed.stream = captured.stream;
   ui.preview.srcObject = captured.stream;
   ui.preview.play?.()?.catch?.(() => undefined); // autoplay of a muted video may still be refused
@@ -267,10 +178,10 @@ async function startPreview() {
   try {
     attach(await capture(settings()));
     setStatus("Preview only: nothing is sent until you press Go live.");
-    await fillDevices();
+    await refreshDevices();
   } catch (error) {
     setStatus("Not live.");
-    showMessage(explain(error), { retry: false });
+    showMessage(explain(error, stream), { retry: false });
   } finally {
     busy = false;
     render();
@@ -295,9 +206,9 @@ async function switchVideo() {
     watchTrack(track, media);
     old.stop();
     clearMessage();
-    await fillDevices();
+    await refreshDevices();
   } catch (error) {
-    showMessage(explain(error));
+    showMessage(explain(error, stream));
   } finally {
     busy = false;
     render();
@@ -330,38 +241,12 @@ async function switchAudio() {
     showMessage(
       error?.name === "Error" && isActive()
         ? "A microphone cannot be added while live. Stop, then Go live again with the microphone selected."
-        : explain(error),
+        : explain(error, stream),
     );
   } finally {
     busy = false;
     render();
   }
-}
-
-async function fillDevices() {
-  if (!navigator.mediaDevices?.enumerateDevices) return;
-  let devices = [];
-  try {
-    devices = await navigator.mediaDevices.enumerateDevices();
-  } catch {
-    return;
-  }
-  const current = (kind) => media?.[kind]?.getSettings?.().deviceId;
-  fill(ui.camera, devices.filter((d) => d.kind === "videoinput"), "Default camera", "Camera",
-    media?.source === "camera" ? current("video") : undefined);
-  fill(ui.microphone, devices.filter((d) => d.kind === "audioinput"), "Default microphone", "Microphone",
-    current("audio"), true);
-}
-
-function fill(select, devices, defaultLabel, noun, activeId, withNone = false) {
-  const selected = activeId || select.value;
-  const options = [new Option(defaultLabel, "")];
-  devices
-    .filter((d) => d.deviceId && d.deviceId !== "default")
-    .forEach((d, i) => options.push(new Option(d.label || `${noun} ${i + 1}`, d.deviceId)));
-  if (withNone) options.push(new Option("No microphone", "none"));
-  select.replaceChildren(...options);
-  select.value = options.some((o) => o.value === selected) ? selected : "";
 }
 
 // --- publishing ---------------------------------------------------------------------------
@@ -381,12 +266,12 @@ async function goLive() {
     if (!media) {
       setStatus(s.source === "screen" ? "Choose what to share…" : "Starting the camera…");
       attach(await capture(s));
-      fillDevices();
+      refreshDevices();
     }
   } catch (error) {
     busy = false;
     setStatus("Not live.");
-    showMessage(explain(error), { retry: true });
+    showMessage(explain(error, stream), { retry: true });
     render();
     return;
   }
@@ -408,7 +293,7 @@ async function goLive() {
     });
   } catch (error) {
     if (publisher !== client || error?.name === "AbortError") return;
-    showMessage(explain(error), { retry: true });
+    showMessage(explain(error, stream), { retry: true });
   } finally {
     render();
   }
@@ -538,60 +423,6 @@ async function copyLink() {
     ui.copyLink.textContent = "Press Ctrl+C";
   }
   setTimeout(() => (ui.copyLink.textContent = "Copy link"), 2000);
-}
-
-/** What went wrong and what to do, for #message. */
-function explain(error) {
-  if (error instanceof HttpError) {
-    const said = error.detail ? ` The server said: “${error.detail}”.` : "";
-    switch (error.status) {
-      case 401:
-      case 403:
-        return `The server refused to let you publish (HTTP ${error.status}): check the token in Settings and press Go live again.${said}`;
-      case 409:
-        return `Someone is already live on “${stream}”, so this broadcast could not start. Stop the other broadcast or use another stream name.${said}`;
-      case 400:
-      case 415:
-      case 422:
-        return `The server could not accept this stream (HTTP ${error.status}). Choose another codec or turn simulcast off, then press Go live again.${said}`;
-      case 404:
-        return `This server has no publishing endpoint for “${stream}” (HTTP 404).${said}`;
-      default:
-        return `The server refused the stream (HTTP ${error.status}). Press Go live to try again.${said}`;
-    }
-  }
-  const device = error?.device ?? "camera";
-  const noun = { camera: "camera", microphone: "microphone", screen: "screen" }[device] ?? device;
-  switch (error?.name) {
-    case "InsecureContextError":
-      return "This page cannot use a camera or microphone because it was not opened over HTTPS " +
-        "(browsers allow them only on https:// pages and on http://localhost). Open it over HTTPS and try again.";
-    case "NotAllowedError":
-    case "PermissionDeniedError":
-    case "SecurityError":
-      if (device === "screen") {
-        return "Screen sharing was cancelled or not allowed. Press Go live again and pick a screen, window or tab, or choose Camera as the source.";
-      }
-      return "Camera or microphone permission was denied. Allow it in the address bar's site settings and press Go live again.";
-    case "NotFoundError":
-    case "DevicesNotFoundError":
-      if (device === "microphone") {
-        return "No microphone found. Connect one, or choose “No microphone”, and press Go live again.";
-      }
-      return "No camera found. Connect one, or choose Screen as the source.";
-    case "NotReadableError":
-    case "TrackStartError":
-    case "AbortError":
-      return `The ${noun} could not be started: another application may be using it, or the system blocks it. Close that application (or choose another device) and press Go live again.`;
-    case "OverconstrainedError":
-      return `The selected ${noun} is not available any more. Choose another one in Settings and press Go live again.`;
-    case "NotSupportedError":
-      return device === "screen"
-        ? "This browser cannot share the screen. Choose Camera as the source."
-        : `This browser cannot use the ${noun}.`;
-    default:
-      return `Could not go live: ${error?.message || error}. Press Go live to try again.`;
-  }
 }
 
 setup();

@@ -1,6 +1,9 @@
 /**
  * WHEP client: plays one stream from a WHEP endpoint (draft-ietf-wish-whep) in the browser.
- * Dependency-free ES module; the HTTP signalling helpers live in ./signal.js.
+ * Dependency-free ES module. The signalling and reconnects are in ./whep-connection.js
+ * (HTTP helpers in ./signal.js), the protocol extensions in ./whep-extensions.js and the
+ * stats arithmetic in ./whep-stats.js; this class adds the media watchdog, stats and
+ * extensions to them.
  *
  *   import { WHEPClient } from "/player/whep.js";
  *   const client = new WHEPClient("https://host/whep/cam", { token });
@@ -57,393 +60,48 @@
  * server does not support ICE restarts.
  */
 
-import {
-  HttpError,
-  authHeaders,
-  backoffDelay,
-  candidateFragment,
-  checkResponse,
-  iceServersFromLinks,
-  linkFor,
-  parseLinkHeader,
-  waitForGathering,
-} from "./signal.js";
+import { HttpError, authHeaders, checkResponse } from "./signal.js";
+import { WHEPConnection } from "./whep-connection.js";
+import { EventSubscription, layerRequest, layersFromEvent } from "./whep-extensions.js";
+import { inboundSample, receiverStats } from "./whep-stats.js";
 
-// draft-ietf-wish-whep §4.7 (protocol extensions).
-export const SSE_REL = "urn:ietf:params:whep:ext:core:server-sent-events";
-export const LAYER_REL = "urn:ietf:params:whep:ext:core:layer";
-export const SSE_EVENTS = ["active", "inactive", "layers", "viewercount"];
+export {
+  LAYER_REL,
+  SSE_EVENTS,
+  SSE_REL,
+  createEventStreamParser,
+  layersFromEvent,
+} from "./whep-extensions.js";
 
-const DISCONNECTED_GRACE_MS = 5000;
-const SSE_RETRY_MS = 3000;
-const RETRYABLE = new Set([408, 409, 425, 429]);
-
-function detailEvent(type, detail) {
-  if (typeof CustomEvent === "function") return new CustomEvent(type, { detail });
-  const event = new Event(type);
-  event.detail = detail;
-  return event;
-}
-
-/**
- * Incremental text/event-stream parser (WHATWG HTML §9.2.6). feed() takes decoded text in any
- * chunking and calls onEvent({event, data, id}) per dispatched event.
- */
-export function createEventStreamParser(onEvent) {
-  let buffer = "";
-  let event = "";
-  let data = [];
-  let id = "";
-  const line = (text) => {
-    if (text === "") {
-      if (data.length) onEvent({ event: event || "message", data: data.join("\n"), id });
-      event = "";
-      data = [];
-      return;
-    }
-    if (text.startsWith(":")) return;
-    const colon = text.indexOf(":");
-    const field = colon < 0 ? text : text.slice(0, colon);
-    let value = colon < 0 ? "" : text.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") event = value;
-    else if (field === "data") data.push(value);
-    else if (field === "id") id = value;
-  };
-  return {
-    feed(text) {
-      buffer += text;
-      for (;;) {
-        const match = /\r\n|\r|\n/.exec(buffer);
-        // A lone "\r" at the end may be the first half of "\r\n": wait for more.
-        if (!match || (match[0] === "\r" && match.index === buffer.length - 1)) break;
-        line(buffer.slice(0, match.index));
-        buffer = buffer.slice(match.index + match[0].length);
-      }
-    },
-  };
-}
-
-/**
- * Selectable layers from a "layers" event (draft-ietf-wish-whep, server sent events
- * extension): {"<m-line>": {active: [{id,...}], inactive: [...], layers: [{encodingId,...}]}}.
- * One entry per (media, encodingId), in the server's order (best first, by convention).
- */
-export function layersFromEvent(data) {
-  const layers = [];
-  if (!data || typeof data !== "object") return layers;
-  for (const [mediaId, info] of Object.entries(data)) {
-    if (!info || typeof info !== "object") continue;
-    const active = new Set((info.active || []).map((a) => String(a.id)));
-    const seen = new Set();
-    for (const layer of info.layers || []) {
-      if (layer.encodingId === undefined || layer.encodingId === null) continue;
-      const encodingId = String(layer.encodingId);
-      if (seen.has(encodingId)) continue;
-      seen.add(encodingId);
-      layers.push({
-        mediaId,
-        encodingId,
-        bitrate: layer.bitrate ?? null,
-        width: layer.width ?? null,
-        height: layer.height ?? null,
-        active: active.size === 0 || active.has(encodingId),
-      });
-    }
-  }
-  return layers;
-}
-
-export class WHEPClient extends EventTarget {
+export class WHEPClient extends WHEPConnection {
   constructor(url, options = {}) {
-    super();
-    this.url = new URL(url, globalThis.location?.href).href;
-    this.options = {
-      token: null,
-      iceServers: [],
-      reconnect: true,
-      noMediaTimeoutMs: 10000,
-      jitterBufferTargetMs: 0,
-      codecs: null,
-      gatherTimeoutMs: 500,
-      statsIntervalMs: 1000,
-      ...options,
-    };
-    const o = this.options;
-    this._fetch = o.fetch || globalThis.fetch.bind(globalThis);
-    this._PC = o.RTCPeerConnection || globalThis.RTCPeerConnection;
-    this._MediaStream = o.MediaStream || globalThis.MediaStream;
-    this._setTimeout = o.setTimeout || globalThis.setTimeout.bind(globalThis);
-    this._clearTimeout = o.clearTimeout || globalThis.clearTimeout.bind(globalThis);
-    this._random = o.random || Math.random;
-    this._now = o.now || Date.now;
-    this._iceServers = o.iceServers || [];
-
-    this.state = "idle";
-    this.stream = null;
-    this.sessionUrl = null;
+    super(url, options);
     this.layers = [];
     this.viewerCount = null;
-    this.attempts = 0;
     this.layer = null;
-
-    this._gen = 0; // bumped per attempt; stale async work compares and bails out
-    this._pc = null;
-    this._etag = null;
-    this._pending = []; // local candidates gathered after the offer left, before the 201
-    this._sendingCandidates = false;
-    this._ext = { sse: null, sseEvents: null, layer: null };
-    this._sseAbort = null;
-    this._timers = new Set();
-    this._retryTimer = null;
-    this._disconnectTimer = null;
+    this._events = null; // EventSubscription while the server-sent events extension is on
     this._watch = null;
     this._lastSample = null;
   }
 
-  async start() {
-    if (!["idle", "stopped", "failed"].includes(this.state)) return;
-    this.attempts = 0;
-    await this._connect();
-  }
+  // ---- session hooks (whep-connection.js) ----
 
-  stop() {
-    if (this.state === "stopped") return;
-    this._clearRetry();
-    this._teardown({ keepalive: true });
-    this._gen++;
-    this._setState("stopped", "stopped");
-  }
-
-  // ---- connection ----
-
-  async _connect() {
-    const gen = ++this._gen;
-    this._teardown({ keepalive: false });
-    this._setState("connecting", this.attempts ? "reconnecting" : "starting");
-    let pc;
-    try {
-      pc = this._createPeerConnection(gen);
-      const offer = await pc.createOffer();
-      await pc.setLocalDescription(offer);
-      await waitForGathering(pc, this.options.gatherTimeoutMs);
-      if (gen !== this._gen) return;
-    } catch (error) {
-      if (gen === this._gen) this._fail(`cannot create the offer: ${error.message}`, error);
-      return;
-    }
-    // From here on, new local candidates are trickled; those before are in the offer.
-    const offerSdp = pc.localDescription.sdp;
-    this._offerSent = true;
-
-    let response;
-    try {
-      response = await this._fetch(this.url, {
-        method: "POST",
-        headers: authHeaders(this.options.token, { "Content-Type": "application/sdp" }),
-        body: offerSdp,
-      });
-    } catch (error) {
-      if (gen === this._gen) this._retry(`network error: ${error.message}`, null, error);
-      return;
-    }
-    if (gen !== this._gen) {
-      this._deleteSession(response.headers.get("location"), this.url, false);
-      return;
-    }
-    try {
-      await checkResponse(response);
-    } catch (error) {
-      if (gen !== this._gen) return;
-      const status = error.status;
-      const detail = error.detail || `HTTP ${status}`;
-      if (RETRYABLE.has(status) || status >= 500) this._retry(detail, error.retryAfter, error);
-      else this._fail(detail, error);
-      return;
-    }
-
-    const location = response.headers.get("location");
-    if (!location) {
-      this._fail("the server did not return a session URL (Location)");
-      return;
-    }
-    this.sessionUrl = new URL(location, this.url).href;
-    this._etag = response.headers.get("etag");
-    this._applyLinks(pc, response.headers.get("link"));
-
-    try {
-      const answer = await response.text();
-      if (gen !== this._gen) return;
-      await pc.setRemoteDescription({ type: "answer", sdp: answer });
-    } catch (error) {
-      if (gen === this._gen) this._retry(`cannot apply the answer: ${error.message}`, null, error);
-      return;
-    }
-    if (gen !== this._gen) return;
-    this._flushCandidates(gen);
+  _sessionStarted(gen) {
     this._startWatchdog(gen);
-    if (this._ext.sse) this._openEvents(gen);
+    if (this._ext.sse) this._subscribe();
   }
 
-  _createPeerConnection(gen) {
-    const pc = new this._PC({ iceServers: this._iceServers, bundlePolicy: "max-bundle" });
-    this._pc = pc;
-    this._offerSent = false;
-    this._pending = [];
-    this.stream = typeof this._MediaStream === "function" ? new this._MediaStream() : null;
-    // Audio first, video second: mids "0" and "1" then equal the m-line indices that the
-    // layers event uses as keys.
-    for (const kind of ["audio", "video"]) {
-      this._preferCodecs(pc.addTransceiver(kind, { direction: "recvonly" }), kind);
+  _sessionEnded() {
+    if (this._watch) this._clearTimer(this._watch);
+    this._watch = null;
+    this._events?.close();
+    this._events = null;
+    this._lastSample = null;
+    if (this.layers.length) {
+      this.layers = [];
+      this._emit("layers", { layers: [] });
     }
-
-    pc.addEventListener("track", (event) => {
-      if (gen !== this._gen) return;
-      this._tuneReceiver(event.receiver);
-      this._watchDtls(gen, event.receiver?.transport);
-      if (this.stream) {
-        for (const old of this.stream.getTracks()) {
-          if (old.kind === event.track.kind) this.stream.removeTrack(old);
-        }
-        this.stream.addTrack(event.track);
-      }
-      this._emit("track", { track: event.track, stream: this.stream });
-    });
-    pc.addEventListener("icecandidate", (event) => {
-      if (gen !== this._gen || !this._offerSent) return;
-      this._pending.push(event.candidate || { candidate: "", done: true });
-      if (this.sessionUrl) this._flushCandidates(gen);
-    });
-    pc.addEventListener("connectionstatechange", () => this._onConnectionState(gen, pc));
-    return pc;
-  }
-
-  /** Offer only the codecs named in options.codecs (plus their RTX), when any are of `kind`. */
-  _preferCodecs(transceiver, kind) {
-    const wanted = this.options.codecs;
-    const caps = globalThis.RTCRtpReceiver?.getCapabilities?.(kind);
-    if (!wanted?.length || !caps || !transceiver?.setCodecPreferences) return;
-    const names = wanted.map((c) => String(c).trim().toLowerCase().replace(/^(audio|video)\//, ""));
-    const name = (c) => c.mimeType.toLowerCase().split("/")[1];
-    const chosen = names.flatMap((n) => caps.codecs.filter((c) => name(c) === n));
-    if (!chosen.length) return;
-    try {
-      transceiver.setCodecPreferences([...chosen, ...caps.codecs.filter((c) => name(c) === "rtx")]);
-    } catch (error) {
-      this._emit("error", { error, message: `cannot restrict the ${kind} codecs: ${error.message}` });
-    }
-  }
-
-  /**
-   * The server ending the session (DELETE, expiry, shutdown) closes DTLS with close_notify
-   * (RFC 5246 §7.2.1): reconnect at once instead of waiting for ICE consent to expire.
-   */
-  _watchDtls(gen, transport) {
-    if (!transport?.addEventListener || this._watchedDtls?.has(transport)) return;
-    (this._watchedDtls ??= new WeakSet()).add(transport);
-    transport.addEventListener("statechange", () => {
-      if (gen !== this._gen) return;
-      if (transport.state === "closed" || transport.state === "failed") {
-        this.sessionUrl = null; // gone already: a DELETE would only earn a 404
-        this._retry("the server ended the session");
-      }
-    });
-  }
-
-  _tuneReceiver(receiver) {
-    if (!receiver) return;
-    const ms = Math.max(0, Number(this.options.jitterBufferTargetMs) || 0);
-    try {
-      if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = ms;
-      else receiver.playoutDelayHint = ms / 1000;
-    } catch {
-      // Out-of-range values throw; the browser default is a fine fallback.
-    }
-  }
-
-  _onConnectionState(gen, pc) {
-    if (gen !== this._gen) return;
-    const s = pc.connectionState;
-    if (s !== "disconnected" && this._disconnectTimer) {
-      this._clearTimer(this._disconnectTimer);
-      this._disconnectTimer = null;
-    }
-    if (s === "connected") {
-      if (this.state === "connecting") this._setState("waiting", "connected");
-    } else if (s === "disconnected") {
-      if (!this._disconnectTimer) {
-        this._disconnectTimer = this._timer(() => {
-          this._disconnectTimer = null;
-          if (gen === this._gen) this._retry("connection lost");
-        }, DISCONNECTED_GRACE_MS);
-      }
-    } else if (s === "failed" || s === "closed") {
-      this._retry(s === "failed" ? "connection failed" : "connection closed by the server");
-    }
-  }
-
-  _applyLinks(pc, header) {
-    let links = [];
-    try {
-      links = parseLinkHeader(header);
-    } catch (error) {
-      this._emit("error", { error, message: `ignoring a malformed Link header: ${error.message}` });
-    }
-    const servers = iceServersFromLinks(links);
-    if (servers.length) {
-      // RFC 9725 §4.6: servers from the Link header apply to candidates gathered later
-      // and to the next attempts.
-      this._iceServers = servers;
-      try {
-        pc.setConfiguration({ ...(pc.getConfiguration?.() || {}), iceServers: servers });
-      } catch (error) {
-        this._emit("error", { error, message: `cannot use the ICE servers: ${error.message}` });
-      }
-    }
-    this._ext.sse = linkFor(links, SSE_REL, this.url);
-    const sseLink = links.find((l) => (l.params.rel || "").split(/\s+/).includes(SSE_REL));
-    this._ext.sseEvents = sseLink?.params.events
-      ? sseLink.params.events.split(",").map((e) => e.trim()).filter(Boolean)
-      : null;
-    this._ext.layer = linkFor(links, LAYER_REL, this.url);
-  }
-
-  // ---- trickle ICE (RFC 8840, RFC 9725 §4.3) ----
-
-  async _flushCandidates(gen) {
-    if (this._sendingCandidates || !this._pending.length || !this.sessionUrl) return;
-    this._sendingCandidates = true;
-    try {
-      while (this._pending.length && gen === this._gen) {
-        const batch = this._pending.splice(0);
-        const done = batch.some((c) => c.done);
-        const candidates = batch.filter((c) => !c.done && c.candidate);
-        if (!candidates.length && !done) continue;
-        const body = candidateFragment(this._pc.localDescription.sdp, candidates, done);
-        const headers = authHeaders(this.options.token, {
-          "Content-Type": "application/trickle-ice-sdpfrag",
-        });
-        if (this._etag) headers["If-Match"] = this._etag;
-        let response;
-        try {
-          response = await this._fetch(this.sessionUrl, { method: "PATCH", headers, body });
-        } catch (error) {
-          this._emit("error", { error, message: `trickle ICE failed: ${error.message}` });
-          continue;
-        }
-        if (gen !== this._gen) return;
-        if (response.status === 404) {
-          this._retry("the session ended on the server");
-          return;
-        }
-        if (!response.ok) {
-          const error = await checkResponse(response).catch((e) => e);
-          this._emit("error", { error, message: `trickle ICE refused: ${error.message}` });
-        }
-      }
-    } finally {
-      this._sendingCandidates = false;
-    }
+    this.layer = null;
   }
 
   // ---- media watchdog ----
@@ -514,159 +172,31 @@ export class WHEPClient extends EventTarget {
     }
   }
 
-  /** Raw totals from the pc's stats (RTCStatsReport, W3C webrtc-stats). */
+  /** Raw totals from the pc's stats. */
   async _sample() {
     const pc = this._pc;
-    const out = {
-      timestamp: this._now(),
-      bytes: 0,
-      video: null,
-      audio: null,
-      codecs: new Map(),
-      pair: null,
-      selectedPairId: null,
-      remoteRtt: null,
-    };
-    if (!pc) return out;
-    const report = await pc.getStats();
-    const pairs = new Map();
-    report.forEach((s) => {
-      if (s.type === "inbound-rtp") {
-        out.bytes += s.bytesReceived || 0;
-        const kind = s.kind || s.mediaType;
-        if (kind === "video") out.video = s;
-        else if (kind === "audio") out.audio = s;
-      } else if (s.type === "codec") out.codecs.set(s.id, s);
-      else if (s.type === "candidate-pair") pairs.set(s.id, s);
-      else if (s.type === "transport" && s.selectedCandidatePairId) {
-        out.selectedPairId = s.selectedCandidatePairId;
-      } else if (
-        (s.type === "remote-outbound-rtp" || s.type === "remote-inbound-rtp") &&
-        typeof s.roundTripTime === "number"
-      ) {
-        out.remoteRtt = s.roundTripTime;
-      }
-    });
-    out.pair =
-      pairs.get(out.selectedPairId) ||
-      [...pairs.values()].find((p) => p.nominated && p.state === "succeeded") ||
-      null;
-    return out;
+    const timestamp = this._now();
+    return inboundSample(pc ? await pc.getStats() : new Map(), timestamp);
   }
 
   async getStats() {
-    const s = await this._sample();
-    const v = s.video;
-    const a = s.audio;
+    const sample = await this._sample();
     const prev = this._lastSample;
-    this._lastSample = { timestamp: s.timestamp, bytes: s.bytes, v, a };
-
-    let bitrate = null;
-    if (prev && s.timestamp > prev.timestamp && s.bytes >= prev.bytes) {
-      bitrate = Math.round(((s.bytes - prev.bytes) * 8 * 1000) / (s.timestamp - prev.timestamp));
-    }
-    const lost = (v?.packetsLost || 0) + (a?.packetsLost || 0);
-    const received = (v?.packetsReceived || 0) + (a?.packetsReceived || 0);
-    let lossPct = null;
-    if (prev) {
-      const dLost = lost - ((prev.v?.packetsLost || 0) + (prev.a?.packetsLost || 0));
-      const dRecv = received - ((prev.v?.packetsReceived || 0) + (prev.a?.packetsReceived || 0));
-      if (dLost + dRecv > 0) lossPct = Math.max(0, (100 * dLost) / (dLost + dRecv));
-    }
-    if (lossPct === null && lost + received > 0) lossPct = (100 * Math.max(0, lost)) / (lost + received);
-
-    const rtt = s.pair?.currentRoundTripTime ?? s.remoteRtt;
-    const rttMs = typeof rtt === "number" ? rtt * 1000 : null;
-    const jb = v && v.jitterBufferEmittedCount ? v : a;
-    let latencyMs = null;
-    if (jb?.jitterBufferEmittedCount) {
-      latencyMs = (1000 * jb.jitterBufferDelay) / jb.jitterBufferEmittedCount + (rttMs ?? 0) / 2;
-    }
-    const jitter = v?.jitter ?? a?.jitter;
-    const codec = v?.codecId ? s.codecs.get(v.codecId)?.mimeType : null;
-    const fps =
-      v?.framesPerSecond ??
-      (prev?.v && v && s.timestamp > prev.timestamp
-        ? ((v.framesDecoded - prev.v.framesDecoded) * 1000) / (s.timestamp - prev.timestamp)
-        : null);
-    return {
-      width: v?.frameWidth ?? null,
-      height: v?.frameHeight ?? null,
-      fps: fps ?? null,
-      bitrate,
-      packetsLost: lost,
-      lossPct,
-      jitterMs: typeof jitter === "number" ? jitter * 1000 : null,
-      rttMs,
-      latencyMs,
-      codec: codec ? codec.replace(/^[a-z]+\//i, "") : null,
-      audioPackets: a?.packetsReceived ?? 0,
-      videoFramesDecoded: v?.framesDecoded ?? 0,
-      layer: this.layer,
-    };
+    this._lastSample = sample;
+    return receiverStats(sample, prev, this.layer);
   }
 
   // ---- extensions (draft-ietf-wish-whep: server sent events, video layer selection) ----
 
-  async _openEvents(gen) {
-    const wanted = this._ext.sseEvents
-      ? SSE_EVENTS.filter((e) => this._ext.sseEvents.includes(e))
-      : SSE_EVENTS;
-    let streamUrl;
-    try {
-      const response = await this._fetch(this._ext.sse, {
-        method: "POST",
-        headers: authHeaders(this.options.token, { "Content-Type": "application/json" }),
-        body: JSON.stringify(wanted),
-      });
-      await checkResponse(response);
-      const location = response.headers.get("location");
-      if (!location) throw new Error("no Location for the event stream");
-      streamUrl = new URL(location, this._ext.sse).href;
-    } catch (error) {
-      if (gen === this._gen) this._emit("error", { error, message: `event stream: ${error.message}` });
-      return;
-    }
-    while (gen === this._gen) {
-      const ended = await this._readEvents(gen, streamUrl);
-      if (ended === "gone" || gen !== this._gen) return;
-      await new Promise((resolve) => this._timer(resolve, SSE_RETRY_MS));
-    }
-  }
-
-  /** One long pull of the event stream; "gone" when the server says it no longer exists. */
-  async _readEvents(gen, streamUrl) {
-    const abort = typeof AbortController === "function" ? new AbortController() : null;
-    this._sseAbort = abort;
-    try {
-      const response = await this._fetch(streamUrl, {
-        headers: authHeaders(this.options.token, { Accept: "text/event-stream" }),
-        signal: abort?.signal,
-        cache: "no-store",
-      });
-      if (response.status === 404) return "gone";
-      await checkResponse(response);
-      const parser = createEventStreamParser((e) => gen === this._gen && this._onServerEvent(e));
-      if (!response.body?.getReader) {
-        parser.feed(await response.text());
-        return "ended";
-      }
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done || gen !== this._gen) break;
-        parser.feed(decoder.decode(value, { stream: true }));
-      }
-      return "ended";
-    } catch (error) {
-      if (gen === this._gen && error?.name !== "AbortError") {
-        this._emit("error", { error, message: `event stream: ${error.message}` });
-      }
-      return gen === this._gen ? "ended" : "gone";
-    } finally {
-      if (this._sseAbort === abort) this._sseAbort = null;
-    }
+  _subscribe() {
+    this._events = new EventSubscription({
+      fetch: this._fetch,
+      token: this.options.token,
+      timer: (fn, ms) => this._timer(fn, ms),
+      onEvent: (event) => this._onServerEvent(event),
+      onError: (error, message) => this._emit("error", { error, message }),
+    });
+    this._events.open(this._ext.sse, this._ext.sseEvents);
   }
 
   _onServerEvent({ event, data }) {
@@ -694,13 +224,9 @@ export class WHEPClient extends EventTarget {
   /** Ask for one encoding (simulcast rid), or automatic selection with null. */
   async selectLayer(encodingId) {
     if (!this._ext.layer) throw new Error("this server does not offer layer selection");
-    let body = {};
-    if (encodingId !== null && encodingId !== undefined) {
-      const id = String(encodingId);
-      const known = this.layers.find((l) => l.encodingId === id);
-      const video = this._pc?.getTransceivers?.().find((t) => t.receiver?.track?.kind === "video");
-      body = { mediaId: known?.mediaId ?? video?.mid ?? "1", encodingId: id };
-    }
+    const body = layerRequest(encodingId, this.layers, () =>
+      this._pc?.getTransceivers?.().find((t) => t.receiver?.track?.kind === "video")?.mid,
+    );
     const response = await this._fetch(this._ext.layer, {
       method: "POST",
       headers: authHeaders(this.options.token, { "Content-Type": "application/json" }),
@@ -708,106 +234,6 @@ export class WHEPClient extends EventTarget {
     });
     await checkResponse(response);
     this.layer = body.encodingId ?? null;
-  }
-
-  // ---- helpers ----
-
-  _retry(reason, retryAfterMs = null, error = null) {
-    if (this.state === "stopped" || this.state === "failed") return;
-    if (!this.options.reconnect) {
-      this._fail(reason, error);
-      return;
-    }
-    const gen = ++this._gen;
-    this._teardown({ keepalive: false });
-    const delayMs = retryAfterMs ?? backoffDelay(this.attempts, { random: this._random });
-    this.attempts++;
-    this._setState("reconnecting", reason, { delayMs, error });
-    this._clearRetry();
-    this._retryTimer = this._timer(() => {
-      this._retryTimer = null;
-      if (gen === this._gen) this._connect();
-    }, delayMs);
-  }
-
-  _fail(reason, error = null) {
-    this._gen++;
-    this._clearRetry();
-    this._teardown({ keepalive: false });
-    this._setState("failed", reason, { error });
-  }
-
-  _teardown({ keepalive }) {
-    if (this._watch) this._clearTimer(this._watch);
-    if (this._disconnectTimer) this._clearTimer(this._disconnectTimer);
-    this._watch = this._disconnectTimer = null;
-    this._sseAbort?.abort();
-    this._sseAbort = null;
-    if (this.sessionUrl) this._deleteSession(this.sessionUrl, this.url, keepalive);
-    this.sessionUrl = null;
-    this._etag = null;
-    this._pending = [];
-    this._ext = { sse: null, sseEvents: null, layer: null };
-    this._lastSample = null;
-    if (this.layers.length) {
-      this.layers = [];
-      this._emit("layers", { layers: [] });
-    }
-    this.layer = null;
-    if (this._pc) {
-      try {
-        this._pc.close();
-      } catch {
-        // already closed
-      }
-      this._pc = null;
-    }
-  }
-
-  _deleteSession(location, base, keepalive) {
-    if (!location) return;
-    const url = new URL(location, base).href;
-    // RFC 9725 §4.4. Best effort: a session of a vanished client expires by itself.
-    // Called synchronously so that the request leaves before pc.close() and before a
-    // pagehide handler returns.
-    try {
-      const request = this._fetch(url, {
-        method: "DELETE",
-        headers: authHeaders(this.options.token),
-        keepalive,
-      });
-      request?.catch?.(() => {});
-    } catch {
-      // a fetch that throws synchronously: nothing more to do
-    }
-  }
-
-  _setState(state, reason, extra = {}) {
-    this.state = state;
-    this._emit("statechange", { state, reason, ...extra });
-  }
-
-  _emit(type, detail) {
-    this.dispatchEvent(detailEvent(type, detail));
-  }
-
-  _timer(fn, ms) {
-    const handle = this._setTimeout(() => {
-      this._timers.delete(handle);
-      fn();
-    }, ms);
-    this._timers.add(handle);
-    return handle;
-  }
-
-  _clearTimer(handle) {
-    this._timers.delete(handle);
-    this._clearTimeout(handle);
-  }
-
-  _clearRetry() {
-    if (this._retryTimer) this._clearTimer(this._retryTimer);
-    this._retryTimer = null;
   }
 }
 

@@ -1,5 +1,7 @@
 /**
- * WHIP publisher (RFC 9725) for browsers. No dependencies; signalling helpers are in signal.js.
+ * WHIP publisher (RFC 9725) for browsers. No dependencies; signalling helpers are in signal.js,
+ * the video sender's codec order and encodings in whip-sender.js, the stats arithmetic in
+ * whip-stats.js.
  *
  *   import { WHIPClient } from "/player/whip.js";
  *   const client = new WHIPClient("/whip/mystream", { token });
@@ -60,51 +62,14 @@ import {
   parseLinkHeader,
   waitForGathering,
 } from "./signal.js";
+import { preferCodec, videoEncodings } from "./whip-sender.js";
+import { outboundSample, senderStats } from "./whip-stats.js";
 
-export { HttpError };
+export { HttpError, preferCodec, videoEncodings };
 
 const SDPFRAG = "application/trickle-ice-sdpfrag";
 const DISCONNECTED_GRACE_MS = 5000;
 const DELETE_WAIT_MS = 2000;
-
-// Repair and redundancy entries: they refer to a media codec by payload type, so they
-// must stay in the list whatever codec is chosen (RFC 4588, RFC 2198, RFC 5109).
-const AUXILIARY = /\/(rtx|red|ulpfec|flexfec(-03)?)$/i;
-
-/**
- * `codecs` (RTCRtpCodec[] from getCapabilities) reordered so that `mime` ("video/VP8" or
- * just "VP8") comes first, RTX/RED/FEC and the remaining codecs after it in their original
- * order. H.264 entries put Constrained Baseline with packetization-mode=1 first, the
- * profile every WHIP server and Chromium's OpenH264 share. Pure; no `mime` → a copy.
- */
-export function preferCodec(codecs, mime) {
-  if (!mime) return codecs.slice();
-  const wanted = (mime.includes("/") ? mime : `video/${mime}`).toLowerCase();
-  const chosen = codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
-  if (wanted === "video/h264") chosen.sort((a, b) => h264Rank(a) - h264Rank(b));
-  const auxiliary = codecs.filter((c) => !chosen.includes(c) && AUXILIARY.test(c.mimeType));
-  const rest = codecs.filter((c) => !chosen.includes(c) && !auxiliary.includes(c));
-  return [...chosen, ...auxiliary, ...rest];
-}
-
-function h264Rank(codec) {
-  const fmtp = codec.sdpFmtpLine || "";
-  const profile = /profile-level-id=([0-9a-f]{6})/i.exec(fmtp)?.[1]?.toLowerCase() ?? "";
-  const mode1 = /packetization-mode=1/.test(fmtp) ? 0 : 1;
-  const baseline = profile.startsWith("42e0") ? 0 : profile.startsWith("4200") ? 1 : 2;
-  return baseline * 2 + mode1;
-}
-
-/** sendEncodings for a video transceiver: rids l/m/h low to high, or one layer. */
-export function videoEncodings({ maxBitrate, simulcast = false } = {}) {
-  if (!simulcast) return maxBitrate ? [{ maxBitrate }] : [{}];
-  const top = maxBitrate || 2_500_000;
-  return [
-    { rid: "l", scaleResolutionDownBy: 4, maxBitrate: Math.round(top / 8) },
-    { rid: "m", scaleResolutionDownBy: 2, maxBitrate: Math.round(top / 3) },
-    { rid: "h", scaleResolutionDownBy: 1, maxBitrate: top },
-  ];
-}
 
 /** Whether a failed attempt is worth another POST. */
 export function isRetryable(error) {
@@ -238,27 +203,14 @@ export class WHIPClient extends EventTarget {
   async getStats() {
     const pc = this.pc;
     if (!pc) return null;
-    let now = collect(await pc.getStats());
+    let now = outboundSample(await pc.getStats());
     if (!this._sample || this._sample.pc !== pc) {
       this._sample = { pc, ...now };
       await new Promise((resolve) => globalThis.setTimeout(resolve, 250));
       if (this.pc !== pc) return null;
-      now = collect(await pc.getStats());
+      now = outboundSample(await pc.getStats());
     }
-    const seconds = (now.timestamp - this._sample.timestamp) / 1000;
-    const rate = (bytes, before) => (seconds > 0 ? Math.max(0, ((bytes - before) * 8) / seconds) : 0);
-    const result = {
-      bitrate: Math.round(rate(now.videoBytes + now.audioBytes, this._sample.videoBytes + this._sample.audioBytes)),
-      audioBitrate: Math.round(rate(now.audioBytes, this._sample.audioBytes)),
-      fps: now.fps,
-      width: now.width,
-      height: now.height,
-      packetsSent: now.packetsSent,
-      rttMs: now.rttMs,
-      qualityLimitationReason: now.qualityLimitationReason,
-      codec: now.codec,
-      layers: now.layers,
-    };
+    const result = senderStats(this._sample, now);
     this._sample = { pc, ...now };
     return result;
   }
@@ -517,42 +469,4 @@ export class WHIPClient extends EventTarget {
 function describe(error) {
   if (error instanceof HttpError) return error.detail || error.message;
   return error?.message || String(error);
-}
-
-// One pass over an RTCStatsReport: totals and the top (largest) video layer.
-function collect(report) {
-  const all = new Map();
-  report.forEach((stat) => all.set(stat.id, stat));
-  const out = {
-    timestamp: 0, videoBytes: 0, audioBytes: 0, packetsSent: 0, fps: null, width: null,
-    height: null, rttMs: null, qualityLimitationReason: null, codec: null, layers: 0,
-  };
-  let top = null;
-  for (const stat of all.values()) {
-    if (stat.type === "outbound-rtp") {
-      out.timestamp = Math.max(out.timestamp, stat.timestamp ?? 0);
-      out.packetsSent += stat.packetsSent ?? 0;
-      if (stat.kind === "audio") out.audioBytes += stat.bytesSent ?? 0;
-      if (stat.kind === "video") {
-        out.videoBytes += stat.bytesSent ?? 0;
-        if (stat.active !== false) out.layers++;
-        if (!top || (stat.frameWidth ?? 0) > (top.frameWidth ?? 0)) top = stat;
-      }
-    } else if (stat.type === "candidate-pair" && stat.nominated && stat.state === "succeeded") {
-      if (stat.currentRoundTripTime !== undefined) out.rttMs = stat.currentRoundTripTime * 1000;
-    } else if (stat.type === "remote-inbound-rtp" && stat.kind === "video" && out.rttMs === null) {
-      if (stat.roundTripTime !== undefined) out.rttMs = stat.roundTripTime * 1000;
-    }
-  }
-  if (!out.timestamp) out.timestamp = Date.now();
-  if (top) {
-    out.fps = top.framesPerSecond ?? null;
-    out.width = top.frameWidth ?? null;
-    out.height = top.frameHeight ?? null;
-    out.qualityLimitationReason = top.qualityLimitationReason ?? null;
-    const codec = all.get(top.codecId);
-    out.codec = codec?.mimeType ? codec.mimeType.split("/")[1] : null;
-  }
-  if (out.rttMs !== null) out.rttMs = Math.round(out.rttMs);
-  return out;
 }

@@ -121,9 +121,26 @@ async def test_publish_page_to_watch_page(make_server, launch, tmp_path: Path) -
     view_problems = Problems(view_page)
     started = time.monotonic()
     await view_page.goto(f"{server.base_url}/watch/cam")
-    await wait_frames(view_page, 0, 15)
+    await view_page.wait_for_function(f"{FRAMES} > 0", timeout=15000, polling=10)
     first_frame = time.monotonic() - started
-    print(f"Chromium player: first frame {first_frame:.3f} s after opening /watch/cam")
+    after_post = await view_page.evaluate(
+        """() => performance.now() - performance.getEntriesByType('resource')
+             .find((e) => e.name.endsWith('/whep/cam')).startTime"""
+    )
+    print(
+        f"Chromium player: first frame {first_frame:.3f} s after opening /watch/cam, "
+        f"{after_post / 1000:.3f} s after its WHEP POST"
+    )
+
+    index = await view_page.context.new_page()
+    index_problems = Problems(index)
+    await index.goto(f"{server.base_url}/")
+    row = index.locator('[data-stream="cam"]')
+    await row.wait_for(timeout=10000)
+    assert "VP8" in (await row.inner_text()).upper()
+    assert await row.locator('a[href="/watch/cam"]').count() == 1
+    await index.close()
+    assert index_problems.items == []
     decoded = await wait_frames(view_page, 60, 20)
     assert decoded > 60
     assert await pixel_spread(view_page) > 5  # the fake camera's moving pattern, not black
