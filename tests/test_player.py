@@ -208,6 +208,29 @@ async def test_publish_page_explains_missing_media(
     assert problems.items == []
 
 
+UNLABELLED = """() => [...document.querySelectorAll('input, select, button, textarea')]
+    .filter((el) => el.type !== 'hidden' && !el.closest('[hidden]'))
+    .filter((el) => !(el.labels?.length || el.getAttribute('aria-label') ||
+                      el.getAttribute('aria-labelledby') || el.textContent.trim()))
+    .map((el) => el.id || el.outerHTML.slice(0, 80))"""
+
+
+@pytest.mark.parametrize("path", ["/", "/watch/cam", "/publish/cam"])
+async def test_pages_fit_a_phone_and_label_every_control(make_server, launch, path: str) -> None:
+    server = await make_server()
+    browser = await launch(FAKE_MEDIA)
+    context = await browser.new_context(viewport={"width": 360, "height": 740})
+    page = await context.new_page()
+    problems = Problems(page)
+    await page.goto(f"{server.base_url}{path}")
+    await page.wait_for_load_state("load")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+    assert await page.evaluate(UNLABELLED) == []
+    await page.keyboard.press("Tab")  # keyboard reaches a control
+    assert await page.evaluate("document.activeElement !== document.body")
+    assert problems.items == []
+
+
 async def test_player_recovers_from_publisher_restart_and_session_loss(make_server, launch) -> None:
     server = await make_server()
     publisher = Publisher(server.base_url, "re")
