@@ -164,3 +164,33 @@ export function waitForGathering(pc, timeoutMs = 1000, timers = globalThis) {
 export function authHeaders(token, extra = {}) {
   return token ? { ...extra, Authorization: `Bearer ${token}` } : { ...extra };
 }
+
+/** One-shot timers that can be cancelled one by one or all at once (injectable for tests). */
+export class Timers {
+  constructor(setTimeoutFn = globalThis.setTimeout, clearTimeoutFn = globalThis.clearTimeout) {
+    this._set = setTimeoutFn;
+    this._clear = clearTimeoutFn;
+    this._live = new Set();
+  }
+
+  /** Run `fn` after `ms`; returns a handle for cancel(). */
+  start(fn, ms) {
+    const handle = this._set(() => {
+      this._live.delete(handle);
+      fn();
+    }, ms);
+    this._live.add(handle);
+    return handle;
+  }
+
+  cancel(handle) {
+    if (handle == null) return;
+    this._live.delete(handle);
+    this._clear(handle);
+  }
+
+  cancelAll() {
+    for (const handle of this._live) this._clear(handle);
+    this._live.clear();
+  }
+}

@@ -17,6 +17,7 @@ import {
   checkResponse,
   iceServersFromLinks,
   parseLinkHeader,
+  Timers,
   waitForGathering,
 } from "./signal.js";
 import { extensionsFromLinks } from "./whep-extensions.js";
@@ -67,7 +68,7 @@ export class WHEPConnection extends EventTarget {
     this._pending = []; // local candidates gathered after the offer left, before the 201
     this._sendingCandidates = false;
     this._ext = { sse: null, sseEvents: null, layer: null };
-    this._timers = new Set();
+    this._timers = new Timers(this._setTimeout, this._clearTimeout);
     this._retryTimer = null;
     this._disconnectTimer = null;
   }
@@ -385,17 +386,11 @@ export class WHEPConnection extends EventTarget {
   }
 
   _timer(fn, ms) {
-    const handle = this._setTimeout(() => {
-      this._timers.delete(handle);
-      fn();
-    }, ms);
-    this._timers.add(handle);
-    return handle;
+    return this._timers.start(fn, ms);
   }
 
   _clearTimer(handle) {
-    this._timers.delete(handle);
-    this._clearTimeout(handle);
+    this._timers.cancel(handle);
   }
 
   _clearRetry() {

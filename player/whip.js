@@ -60,6 +60,7 @@ import {
   HttpError,
   iceServersFromLinks,
   parseLinkHeader,
+  Timers,
   waitForGathering,
 } from "./signal.js";
 import { preferCodec, videoEncodings } from "./whip-sender.js";
@@ -124,7 +125,7 @@ export class WHIPClient extends EventTarget {
     this.pc = null;
     this._linkIceServers = null;
     this._generation = 0;
-    this._timers = new Set();
+    this._timers = new Timers(this._setTimeout, this._clearTimeout);
     this._pending = null;
     this._tracks = {};
     this._options = {};
@@ -160,8 +161,7 @@ export class WHIPClient extends EventTarget {
   async stop() {
     this._stopped = true;
     this._generation++;
-    for (const timer of this._timers) this._clearTimeout(timer);
-    this._timers.clear();
+    this._timers.cancelAll();
     const url = this.sessionUrl;
     const pc = this.pc;
     this.pc = null;
@@ -388,8 +388,7 @@ export class WHIPClient extends EventTarget {
 
   _clearDisconnect() {
     if (this._disconnectTimer) {
-      this._clearTimeout(this._disconnectTimer);
-      this._timers.delete(this._disconnectTimer);
+      this._timers.cancel(this._disconnectTimer);
       this._disconnectTimer = null;
     }
   }
@@ -400,8 +399,7 @@ export class WHIPClient extends EventTarget {
     if (this._stopped) return;
     this._generation++; // whatever the old attempt still does is ignored from now on
     this.error = error;
-    for (const timer of this._timers) this._clearTimeout(timer);
-    this._timers.clear();
+    this._timers.cancelAll();
     this._disconnectTimer = null;
     const retry = this.reconnect && isRetryable(error);
     this.dispatchEvent(new Custom("error", { detail: { error, fatal: !retry } }));
@@ -443,12 +441,7 @@ export class WHIPClient extends EventTarget {
   }
 
   _timer(fn, ms) {
-    const timer = this._setTimeout(() => {
-      this._timers.delete(timer);
-      fn();
-    }, ms);
-    this._timers.add(timer);
-    return timer;
+    return this._timers.start(fn, ms);
   }
 
   _settle(error) {

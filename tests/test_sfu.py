@@ -50,6 +50,15 @@ def downtrack(sink: Sink, requests: list[int] | None = None) -> DownTrack:
     )
 
 
+def clocked_feed(start: float) -> tuple[list[float], list[int], TrackFeed]:
+    """A video feed on a hand-moved clock ([0]), recording the SSRCs it asks keyframes of."""
+    clock = [start]
+    sent: list[int] = []
+    feed = TrackFeed("video", now=lambda: clock[0])
+    feed.attach_source(VP8_PUB, sent.append)
+    return clock, sent, feed
+
+
 def test_starts_at_a_keyframe_and_rewrites_every_field() -> None:
     sink = Sink()
     track = downtrack(sink)
@@ -104,10 +113,7 @@ def test_nack_is_answered_with_rtx_from_history() -> None:
 
 def test_keyframe_requests_are_coalesced() -> None:
     async def scenario() -> None:
-        clock = [100.0]
-        sent: list[int] = []
-        feed = TrackFeed("video", now=lambda: clock[0])
-        feed.attach_source(VP8_PUB, sent.append)
+        clock, sent, feed = clocked_feed(100.0)
         feed.on_rtp(96, 1, 0, True, KEY, 0x77, clock[0])
         feed.request_keyframe()
         feed.request_keyframe()
@@ -212,10 +218,7 @@ def test_waiting_viewer_starts_from_the_cached_keyframe() -> None:
 
 def test_viewer_of_a_publisher_ignoring_pli_starts_from_the_cache_at_once() -> None:
     async def scenario() -> None:
-        clock = [50.0]
-        sent: list[int] = []
-        feed = TrackFeed("video", now=lambda: clock[0])
-        feed.attach_source(VP8_PUB, sent.append)
+        clock, sent, feed = clocked_feed(50.0)
         feed.on_rtp(96, 1, 0, True, KEY, 0x5, clock[0])
         feed.on_rtp(96, 2, 3000, True, DELTA, 0x5, clock[0] + 0.03)
         first = downtrack(Sink())
@@ -236,10 +239,7 @@ def test_viewer_of_a_publisher_ignoring_pli_starts_from_the_cache_at_once() -> N
 
 def test_viewer_of_a_publisher_answering_pli_waits_for_the_fresh_keyframe() -> None:
     async def scenario() -> None:
-        clock = [50.0]
-        sent: list[int] = []
-        feed = TrackFeed("video", now=lambda: clock[0])
-        feed.attach_source(VP8_PUB, sent.append)
+        clock, sent, feed = clocked_feed(50.0)
         feed.on_rtp(96, 1, 0, True, KEY, 0x5, clock[0])
         feed.add(downtrack(Sink()))
         clock[0] += 0.04
@@ -290,10 +290,7 @@ def test_gop_longer_than_the_cache_is_not_replayed() -> None:
 
 def test_viewer_picture_loss_reaches_the_publisher_rate_limited() -> None:
     async def scenario() -> None:
-        clock = [10.0]
-        sent: list[int] = []
-        feed = TrackFeed("video", now=lambda: clock[0])
-        feed.attach_source(VP8_PUB, sent.append)
+        clock, sent, feed = clocked_feed(10.0)
         track = DownTrack(
             kind="video",
             ssrc=1,

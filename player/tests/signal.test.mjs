@@ -12,6 +12,7 @@ import {
   linkFor,
   parseLinkHeader,
   retryAfterMs,
+  Timers,
 } from "../signal.js";
 
 test("parseLinkHeader: several links, quoted commas, semicolons and escaped quotes", () => {
@@ -157,4 +158,27 @@ test("authHeaders adds a bearer token only when given", () => {
   assert.deepEqual(authHeaders("t", { A: "1" }), { A: "1", Authorization: "Bearer t" });
   assert.deepEqual(authHeaders(null, { A: "1" }), { A: "1" });
   assert.deepEqual(authHeaders(""), {});
+});
+
+test("Timers cancels one timer or all of them", () => {
+  const pending = new Map();
+  let next = 1;
+  const timers = new Timers(
+    (fn) => {
+      pending.set(next, fn);
+      return next++;
+    },
+    (handle) => pending.delete(handle),
+  );
+  const fired = [];
+  const a = timers.start(() => fired.push("a"), 10);
+  timers.start(() => fired.push("b"), 20);
+  timers.start(() => fired.push("c"), 30);
+  timers.cancel(a);
+  assert.deepEqual([...pending.keys()], [2, 3]);
+  pending.get(2)();
+  assert.deepEqual(fired, ["b"]);
+  timers.cancelAll();
+  assert.equal(pending.size, 1); // the fired one's handle is not cleared again
+  timers.cancel(null);
 });
