@@ -4,6 +4,7 @@
     ├── BadRequest                      400
     │   ├── InvalidStreamName           400
     │   ├── MalformedSdp                400
+    │   │   └── InvalidSimulcast        400 (a=rid / a=simulcast, RFC 8851 / RFC 8853)
     │   └── MalformedSdpFrag            400
     ├── Unauthorized                    401 + WWW-Authenticate: Bearer
     ├── NotFound                        404
@@ -29,6 +30,7 @@ __all__ = [
     "BadRequest",
     "BroadcastError",
     "Conflict",
+    "InvalidSimulcast",
     "InvalidStreamName",
     "MalformedSdp",
     "MalformedSdpFrag",
@@ -77,6 +79,10 @@ class InvalidStreamName(BadRequest):
 
 
 class MalformedSdp(BadRequest):
+    pass
+
+
+class InvalidSimulcast(MalformedSdp):
     pass
 
 

@@ -179,3 +179,26 @@ def test_peer_connections_share_one_certificate_and_ssl_context() -> None:
             await pc.close()
 
     asyncio.run(scenario())
+
+
+async def test_rid_extensions_negotiated_only_on_simulcast_m_lines() -> None:
+    client = RTCPeerConnection()
+    client.addTransceiver("video", direction="sendonly")
+    await client.setLocalDescription(await client.createOffer())
+    offer = client.localDescription.sdp.replace(
+        "a=mid:0\r\n",
+        "a=mid:0\r\na=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n"
+        "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n",
+    )
+    await client.close()
+    answers = []
+    for simulcast in ({0}, set()):
+        pc = glue.new_peer_connection([])
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        assert glue.negotiate_rid_extensions(pc, simulcast) == simulcast
+        await pc.setLocalDescription(await pc.createAnswer())
+        answers.append(pc.localDescription.sdp)
+        await pc.close()
+    assert "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in answers[0]
+    assert "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id" in answers[0]
+    assert "rtp-stream-id" not in answers[1]  # no simulcast: the answer aiortc writes

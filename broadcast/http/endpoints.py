@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from broadcast.config import Settings
 from broadcast.errors import (
+    BadRequest,
     BroadcastError,
     MalformedSdpFrag,
     MethodNotAllowed,
@@ -43,6 +44,7 @@ from broadcast.media.session import Session
 from broadcast.protocol.links import ice_server_links
 from broadcast.protocol.offer import inspect_offer
 from broadcast.protocol.sdpfrag import SdpFrag, parse_sdpfrag
+from broadcast.protocol.simulcast import RID
 
 __all__ = ["Endpoints"]
 
@@ -54,6 +56,14 @@ ENDPOINT_METHODS = "OPTIONS, POST, GET, HEAD"
 SESSION_METHODS = "OPTIONS, PATCH, DELETE, GET, HEAD"
 # aioice resolves mDNS (.local) candidates; bound how long a PATCH may wait for that.
 CANDIDATE_TIMEOUT = 2.0
+
+
+def layer_query(request: Request) -> str | None:
+    """The optional `?layer=<rid>` of a WHEP POST: the simulcast layer to receive."""
+    layer = request.query_params.get("layer")
+    if layer is not None and not RID.fullmatch(layer):
+        raise BadRequest("layer must be a simulcast rid: 1-255 letters, digits, '-' or '_'")
+    return layer
 
 
 class _Resource:
@@ -122,11 +132,11 @@ class Endpoints:
         check_bearer(request, self.token)
         require_media_type(request, SDP, header="Accept-Post")
         offer = await read_text_body(request, self.settings.max_body_bytes)
-        inspect_offer(offer, role=self.role)
+        summary = inspect_offer(offer, role=self.role)
         if self.role == "whip":
-            session: Session = await self.hub.publish(name, offer)
+            session: Session = await self.hub.publish(name, offer, summary.simulcast())
         else:
-            session = await self.hub.play(name, offer)
+            session = await self.hub.play(name, offer, layer_query(request))
         headers = {
             "Location": session.path,
             "ETag": session.etag,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Iterator
@@ -44,7 +45,8 @@ class HubCollector(Collector):
             "broadcast_ingest_packets", "RTP packets received from publishers", labels=["kind"]
         )
         for kind in ("audio", "video"):
-            ingest.add_metric([kind], sum(s.feeds[kind].packets for s in self.hub.streams.values()))
+            packets = sum(f.packets for s in self.hub.streams.values() for f in s.track_feeds(kind))
+            ingest.add_metric([kind], packets)
         yield from (streams, sessions, ingest)
 
 
@@ -114,24 +116,34 @@ class Ops:
         elapsed = now - then
         return round((feed.octets - octets) * 8 / elapsed) if elapsed > 0 else 0
 
+    def _layer(self, feed: TrackFeed, now: float) -> dict[str, object]:
+        layer: dict[str, object] = {
+            "rid": feed.rid,
+            "bitrate": self._bitrate(feed),
+            "active": feed.sending(now),
+        }
+        if feed.dimensions is not None:
+            layer["width"], layer["height"] = feed.dimensions
+        return layer
+
     def _describe(self, stream: Stream) -> dict[str, object]:
         publisher = stream.publisher
         tracks: list[dict[str, object]] = []
-        for kind, feed in stream.feeds.items():
-            if not feed.codecs:
+        now = asyncio.get_event_loop().time()
+        for kind in stream.feeds:
+            feeds = [f for f in stream.track_feeds(kind) if f.codecs]
+            if not feeds:
                 continue
-            layer: dict[str, object] = {"rid": None, "bitrate": self._bitrate(feed)}
-            if feed.dimensions is not None:
-                layer["width"], layer["height"] = feed.dimensions
             tracks.append(
                 {
                     "kind": kind,
-                    "codec": feed.active_codec,
-                    "layers": [layer],
-                    "packets": feed.packets,
-                    "bytes": feed.octets,
-                    "keyframes": feed.keyframes,
-                    "keyframe_requests": feed.keyframe_requests,
+                    "codec": next((f.active_codec for f in feeds if f.last_pt is not None), None)
+                    or feeds[0].active_codec,
+                    "layers": [self._layer(feed, now) for feed in feeds],
+                    "packets": sum(f.packets for f in feeds),
+                    "bytes": sum(f.octets for f in feeds),
+                    "keyframes": sum(f.keyframes for f in feeds),
+                    "keyframe_requests": sum(f.keyframe_requests for f in feeds),
                 }
             )
         return {

@@ -13,7 +13,7 @@ import asyncio
 import copy
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import aioice.ice
@@ -32,16 +32,23 @@ from aiortc.codecs import CODECS
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile
 from aiortc.rtcicetransport import RTCIceTransport
-from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+)
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import RtcpSrPacket, RtpPacket, unwrap_rtx
 from aiortc.sdp import SessionDescription
 from OpenSSL import SSL
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
+from broadcast.sfu.simulcast import RidDemux
 from broadcast.tasks import spawn
 
 __all__ = [
+    "RID_EXTENSIONS",
     "LazyBitrateEstimator",
     "ParkedTrack",
     "RtpSink",
@@ -51,6 +58,7 @@ __all__ = [
     "defer_bitrate_estimators",
     "echo_offered_payload_types",
     "feed_sender_report",
+    "negotiate_rid_extensions",
     "new_peer_connection",
     "register_passthrough_codecs",
     "remote_ice_ufrag",
@@ -65,6 +73,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RtpSink = Callable[[bytes], None]
+# RFC 8852 §4.1-4.2: the rid of a media stream, and the rid an RTX stream repairs.
+RID_EXTENSIONS = (
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+)
 # Our protect buffer: any UDP payload that fits a 1500-byte MTU, plus SRTP's trailer.
 _SRTP_BUFFER = 1500 + pylibsrtp.SRTP_MAX_TRAILER_LEN
 
@@ -307,20 +320,61 @@ class ParkedTrack(MediaStreamTrack):
 # ---------------------------------------------------------------------------------
 
 
+def negotiate_rid_extensions(pc: RTCPeerConnection, mline_indexes: Collection[int]) -> set[int]:
+    """Accept the offer's rid header extensions on these video m-lines (RFC 8852 §4).
+
+    aiortc knows how to parse them (`HeaderExtensionsMap`) but not to negotiate them; only
+    simulcast m-lines get them, so every other answer stays exactly as aiortc writes it.
+    Call between setRemoteDescription and createAnswer. Returns the m-line indexes whose
+    offer carried rtp-stream-id: only there can layers be told apart.
+    """
+    remote = _remote_description(pc)
+    accepted: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        index = mline_index(transceiver)
+        if transceiver.kind != "video" or index is None or index not in mline_indexes:
+            continue
+        offered = remote.media[index].rtp.headerExtensions
+        if not any(ext.uri == RID_EXTENSIONS[0] for ext in offered):
+            continue
+        have = {ext.uri for ext in transceiver._headerExtensions}
+        for ext in offered:
+            if ext.uri in RID_EXTENSIONS and ext.uri not in have:
+                transceiver._headerExtensions.append(
+                    RTCRtpHeaderExtensionParameters(id=ext.id, uri=ext.uri)
+                )
+        accepted.add(index)
+    return accepted
+
+
+def mline_index(transceiver: Any) -> int | None:
+    """The transceiver's m-line index in the offer (aiortc keeps it private)."""
+    index: int | None = transceiver._get_mline_index()
+    return index
+
+
 def tap_receiver(
     receiver: RTCRtpReceiver,
-    on_rtp: Callable[[RtpPacket, float], None],
-    on_sender_report: Callable[[RtcpSrPacket], None],
+    on_rtp: Callable[[RtpPacket, str | None, float], None],
+    on_sender_report: Callable[[RtcpSrPacket, str | None], None],
+    layers: Sequence[str] = (),
 ) -> None:
     """Route a publisher receiver's RTP to `on_rtp` instead of depacketizing and decoding.
 
-    Kept from aiortc: receiver statistics (so RRs reach the publisher), RTX unwrapping,
-    NACK generation and the REMB estimator (the publisher's bandwidth estimate depends on
-    it, since we do not offer transport-cc). Dropped: depayloading, jitter buffer, decoder
-    thread. `receive()` is replaced so that the decoder thread is never started.
+    Kept from aiortc: receiver statistics per SSRC (so RRs reach the publisher), RTX
+    unwrapping, the REMB estimator (the publisher's bandwidth estimate depends on it, since
+    we do not offer transport-cc). NACKs are generated per SSRC, so each simulcast layer
+    has its own sequence space. Dropped: depayloading, jitter buffer, decoder thread.
+    `receive()` is replaced so that the decoder thread is never started.
+
+    With simulcast `layers` (rids), every packet is given to `on_rtp` with its layer's rid,
+    learnt from the rid header extensions (RTX via repaired-rid); a packet of an SSRC not
+    known yet is dropped. Without, the rid is always None.
     """
     r: Any = receiver
     loop = asyncio.get_event_loop()
+    demux = RidDemux(layers) if layers else None
+    nacks: dict[int, NackGenerator] = {}
 
     async def receive(parameters: Any) -> None:
         if r._RTCRtpReceiver__started:
@@ -352,27 +406,39 @@ def tap_receiver(
         streams = r._RTCRtpReceiver__remote_streams
         stats = streams.get(packet.ssrc)
         if stats is None:
-            from aiortc.rtcrtpreceiver import StreamStatistics
-
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
+        extensions = packet.extensions
         if codec.mimeType.lower() == "video/rtx":
-            original_ssrc = r._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)
+            if demux is None:
+                original_ssrc = r._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)
+            else:
+                original_ssrc = demux.repaired(packet.ssrc, extensions.repaired_rtp_stream_id)
             apt = codec.parameters.get("apt")
             if original_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
-        nack = r._RTCRtpReceiver__nack_generator
-        if nack is not None and nack.add(packet):
-            await r._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
-        on_rtp(packet, loop.time())
+        rid = None
+        if demux is not None:
+            rid = demux.media(packet.ssrc, extensions.rtp_stream_id)
+            if rid is None:
+                return
+        if r._RTCRtpReceiver__nack_generator is not None:
+            nack = nacks.get(packet.ssrc)
+            if nack is None:
+                nack = nacks[packet.ssrc] = NackGenerator()
+            if nack.add(packet):
+                await r._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+        on_rtp(packet, rid, loop.time())
 
     original_rtcp = receiver._handle_rtcp_packet
 
     async def handle_rtcp(packet: Any) -> None:
         await original_rtcp(packet)
         if isinstance(packet, RtcpSrPacket):
-            on_sender_report(packet)
+            rid = None if demux is None else demux.layer_of(packet.ssrc)
+            if demux is None or rid is not None:
+                on_sender_report(packet, rid)
 
     r.receive = receive
     r._handle_rtp_packet = handle_rtp

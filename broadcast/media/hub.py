@@ -13,6 +13,7 @@ from broadcast.errors import Conflict, NotFound, UnprocessableContent
 from broadcast.media.publisher import PublisherSession
 from broadcast.media.session import Session
 from broadcast.media.viewer import ViewerSession
+from broadcast.protocol.simulcast import Simulcast
 from broadcast.registry.base import StreamRegistry
 from broadcast.sfu.stream import Stream
 from broadcast.tasks import spawn
@@ -64,7 +65,10 @@ class Hub:
                 feed.delay_observer = self.forward_delay.observe
         return stream
 
-    async def publish(self, name: str, offer_sdp: str) -> PublisherSession:
+    async def publish(
+        self, name: str, offer_sdp: str, simulcast: dict[int, Simulcast] | None = None
+    ) -> PublisherSession:
+        """Start a WHIP session; `simulcast`: the offer's, per m-line index."""
         stream = self._stream(name)
         now = asyncio.get_event_loop().time()
         current = stream.publisher
@@ -76,7 +80,7 @@ class Hub:
                     retry_after=int(self.settings.connect_timeout),
                 )
             current.end("replaced by a new publisher after going silent")
-        session = PublisherSession(stream, self.ice_servers, self._ended)
+        session = PublisherSession(stream, self.ice_servers, self._ended, simulcast=simulcast)
         # Reserve the stream before the first await: a concurrent POST gets 409.
         stream.set_publisher(session)
         try:
@@ -91,13 +95,14 @@ class Hub:
         self.sessions[session.id] = session
         return session
 
-    async def play(self, name: str, offer_sdp: str) -> ViewerSession:
+    async def play(self, name: str, offer_sdp: str, layer: str | None = None) -> ViewerSession:
+        """Start a WHEP session; `layer`: the simulcast rid to receive (None: highest)."""
         stream = self.streams.get(name)
         if self.settings.require_live and (stream is None or not stream.live):
             # draft-ietf-wish-whep §4.2: 409 while no publication is live.
             raise Conflict(f"stream {name!r} is not live", retry_after=5)
         stream = self._stream(name)
-        session = ViewerSession(stream, self.ice_servers, self._ended)
+        session = ViewerSession(stream, self.ice_servers, self._ended, layer=layer)
         await self._negotiate(session, offer_sdp)
         self.sessions[session.id] = session
         return session

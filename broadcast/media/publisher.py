@@ -10,6 +10,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.session import Role, Session, codec_specs
+from broadcast.protocol.simulcast import Simulcast, add_answer_lines
 from broadcast.sfu.feed import TrackFeed
 from broadcast.tasks import spawn
 
@@ -22,34 +23,55 @@ SILENCE_TIMEOUT = 5.0
 class PublisherSession(Session):
     role: Role = "whip"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, simulcast: dict[int, Simulcast] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.last_packet_at: float | None = None
+        # Simulcast per m-line index: as offered, then as accepted in prepare().
+        self.simulcast: dict[int, Simulcast] = dict(simulcast or {})
 
     def prepare(self) -> None:
         loop = asyncio.get_event_loop()
+        accepted = glue.negotiate_rid_extensions(self.pc, self.simulcast.keys())
+        self.simulcast = {i: s for i, s in self.simulcast.items() if i in accepted}
         for transceiver in self.pc.getTransceivers():
-            if transceiver.kind not in self.stream.feeds:
+            kind = transceiver.kind
+            if kind not in self.stream.feeds:
                 continue
-            feed = self.stream.feeds[transceiver.kind]
+            layers: tuple[str, ...] = ()
+            feeds: dict[str | None, TrackFeed] = {None: self.stream.feeds[kind]}
+            if kind == "video":
+                index = glue.mline_index(transceiver)
+                simulcast = None if index is None else self.simulcast.get(index)
+                layers = simulcast.layers if simulcast is not None else ()
+                feeds.update(self.stream.set_layers(layers))
             receiver = transceiver.receiver
             glue.tap_receiver(
-                receiver, self._rtp_handler(feed, loop), self._report_handler(feed, loop)
+                receiver, self._rtp_handler(feeds), self._report_handler(feeds, loop), layers
             )
             codecs = codec_specs(transceiver)
 
             def request_keyframe(ssrc: int, receiver: Any = receiver) -> None:
                 spawn(glue.request_keyframe(receiver, ssrc))
 
-            feed.attach_source(codecs, request_keyframe)
+            for rid, feed in feeds.items():
+                if rid is not None or not layers:
+                    feed.attach_source(codecs, request_keyframe)
+
+    def finish_answer(self, answer: str) -> str:
+        return add_answer_lines(answer, self.simulcast)
 
     def _rtp_handler(
-        self, feed: TrackFeed, loop: asyncio.AbstractEventLoop
-    ) -> Callable[[RtpPacket, float], None]:
+        self, feeds: dict[str | None, TrackFeed]
+    ) -> Callable[[RtpPacket, str | None, float], None]:
         stream = self.stream
 
-        def on_rtp(packet: RtpPacket, now: float) -> None:
+        def on_rtp(packet: RtpPacket, rid: str | None, now: float) -> None:
             if stream.publisher is not self:
+                return
+            feed = feeds.get(rid)
+            if feed is None:
                 return
             self.last_packet_at = now
             feed.on_rtp(
@@ -65,10 +87,11 @@ class PublisherSession(Session):
         return on_rtp
 
     def _report_handler(
-        self, feed: TrackFeed, loop: asyncio.AbstractEventLoop
-    ) -> Callable[[RtcpSrPacket], None]:
-        def on_sender_report(packet: RtcpSrPacket) -> None:
-            if self.stream.publisher is self:
+        self, feeds: dict[str | None, TrackFeed], loop: asyncio.AbstractEventLoop
+    ) -> Callable[[RtcpSrPacket, str | None], None]:
+        def on_sender_report(packet: RtcpSrPacket, rid: str | None) -> None:
+            feed = feeds.get(rid)
+            if self.stream.publisher is self and feed is not None:
                 info = packet.sender_info
                 feed.on_sender_report(info.ntp_timestamp, info.rtp_timestamp, loop.time())
 

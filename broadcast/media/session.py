@@ -112,10 +112,14 @@ class Session:
         # setLocalDescription gathers host candidates, so the answer carries them:
         # non-trickle clients (OBS, FFmpeg) need them there.
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return str(self.pc.localDescription.sdp)
+        return self.finish_answer(str(self.pc.localDescription.sdp))
 
     def prepare(self) -> None:
         """Hook transceivers between setRemoteDescription and createAnswer."""
+
+    def finish_answer(self, answer: str) -> str:
+        """The answer as sent: aiortc's, plus what aiortc cannot write itself."""
+        return answer
 
     def on_connected(self) -> None:
         """ICE and DTLS are up."""

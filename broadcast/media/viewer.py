@@ -29,8 +29,9 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 class ViewerSession(Session):
     role: Role = "whep"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, layer: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.layer = layer  # the simulcast rid asked for; None: the highest
         self.downtracks: dict[str, DownTrack] = {}
         self._senders: dict[str, RTCRtpSender] = {}
         self._rate_samples: dict[str, tuple[float, int]] = {}
@@ -72,15 +73,25 @@ class ViewerSession(Session):
             )
             self.downtracks[kind] = downtrack
             self._senders[kind] = sender
-            self.stream.subscribe(self, kind, downtrack, partial(glue.feed_sender_report, sender))
+            report = partial(glue.feed_sender_report, sender)
+            self.stream.subscribe(self, kind, downtrack, report, layer=self.layer)
         self._connected_wall = time.monotonic()
+
+    def set_layer(self, rid: str | None) -> None:
+        """Receive this simulcast layer (None: the highest), from its next keyframe on.
+
+        A rid the publisher does not send (now) falls back to the highest layer.
+        """
+        self.layer = rid
+        self.stream.select_layer(self, rid)
 
     def _on_rtcp(self, kind: str, packet: Any) -> None:
         downtrack = self.downtracks.get(kind)
         if downtrack is None:
             return
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-            self.stream.feeds[kind].on_nack(downtrack, packet.lost)
+            if downtrack.source is not None:
+                downtrack.source.on_nack(downtrack, packet.lost)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             downtrack.on_picture_loss()
         elif isinstance(packet, RtcpRrPacket | RtcpSrPacket):
@@ -116,7 +127,7 @@ class ViewerSession(Session):
                 "nacks": d.nacks,
                 "plis": d.plis,
                 "synced": d.synced,
-                "layer": None,
+                "layer": None if d.source is None else d.source.rid,
             }
         base["tracks"] = tracks
         return base

@@ -22,6 +22,7 @@ from typing import Literal, cast
 
 from broadcast.errors import MalformedSdp, UnprocessableContent
 from broadcast.protocol import sdpfrag
+from broadcast.protocol.simulcast import Simulcast, section_simulcast
 
 __all__ = [
     "MAX_MEDIA_SECTIONS",
@@ -104,6 +105,7 @@ class OfferMedia:
     extmaps: dict[int, str] = field(default_factory=dict)
     bundle_only: bool = False
     direction_explicit: bool = True
+    layers: Simulcast | None = None  # a WHIP offer's validated simulcast (RFC 8853)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,10 @@ class OfferSummary:
     def video(self) -> OfferMedia | None:
         return next((m for m in self.media if m.kind == "video"), None)
 
+    def simulcast(self) -> dict[int, Simulcast]:
+        """Simulcast per media section, keyed by m-line index (WHIP offers only)."""
+        return {i: m.layers for i, m in enumerate(self.media) if m.layers is not None}
+
 
 class _Section:
     def __init__(self, lineno: int, kind: str, port: int, proto: str, fmts: list[str]) -> None:
@@ -142,6 +148,8 @@ class _Section:
         self.fmtp: dict[int, tuple[int, dict[str, str]]] = {}
         self.rtcp_fb: list[tuple[str, str]] = []
         self.rids: list[str] = []
+        self.rid_values: list[str] = []
+        self.simulcast_values: list[str] = []
         self.extmaps: dict[int, str] = {}
         self.options: list[str] = []
         self.ice_lite = False  # session level only, like bundles
@@ -232,10 +240,13 @@ def _attribute(s: _Section, name: str, value: str | None, lineno: int) -> None:
         if not (1 <= ext_id <= 255 or 4096 <= ext_id <= 4351) or ext_id in s.extmaps:
             raise _bad(lineno, f"a=extmap id {ext_id} is out of range or repeated (RFC 8285 §5)")
         s.extmaps[ext_id] = match[2]
-    elif name == "rid" and match and match[2] == "send":
-        s.rids.append(match[1])
+    elif name == "rid" and match:
+        s.rid_values.append(v)
+        if match[2] == "send":
+            s.rids.append(match[1])
     elif name == "simulcast":
         s.simulcast = v.strip()
+        s.simulcast_values.append(v)
     elif name == "ssrc" and match:
         if int(match[1]) >= 2**32:
             raise _bad(lineno, f"SSRC {match[1]} does not fit 32 bits")
@@ -349,7 +360,12 @@ def inspect_offer(sdp: str | bytes, *, role: Literal["whip", "whep"]) -> OfferSu
                 raise UnprocessableContent(f"{s.name} needs a=rtcp-mux (RFC 9725 §4.4.1)")
         args = (s.kind, s.mid, cast(Direction, direction), s.port, s.proto, _codecs(s))
         extras = (tuple(s.rids), s.simulcast, dict(s.extmaps), s.bundle_only)
-        media.append(OfferMedia(*args, *extras, direction_explicit=s.direction is not None))
+        layers = None
+        if role == "whip" and s.kind == "video":
+            pts = [int(f) for f in s.fmts]
+            layers = section_simulcast(s.rid_values, s.simulcast_values, pts)
+        explicit = s.direction is not None
+        media.append(OfferMedia(*args, *extras, direction_explicit=explicit, layers=layers))
     setups = {s.setup or session.setup for s in sections}
     if len(setups) > 1:
         raise UnprocessableContent("give every m-line the same a=setup (bundled m-lines share one)")

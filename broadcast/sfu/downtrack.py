@@ -9,9 +9,13 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from broadcast.protocol.rtp import rtx_payload
 from broadcast.sfu.codecs import CodecSpec, payload_type_map
+
+if TYPE_CHECKING:
+    from broadcast.sfu.feed import TrackFeed
 
 __all__ = ["DownTrack", "HistoryEntry"]
 
@@ -59,7 +63,9 @@ class DownTrack:
         "rtx_ssrc",
         "send",
         "seq_off",
+        "source",
         "ssrc",
+        "sync_seq",
         "synced",
         "ts_off",
         "video",
@@ -87,12 +93,17 @@ class DownTrack:
             b"" if abs_send_time_id is None else _EXT_PROFILE + bytes([abs_send_time_id << 4 | 2])
         )
         self.pt_map: dict[int, tuple[int, int | None]] = {}
+        # The feed (publisher track or simulcast layer) this viewer receives now.
+        self.source: TrackFeed | None = None
         self.clock_rate = 90000 if self.video else 48000
         self.synced = False
         self.seq_off = 0
         self.ts_off = 0
         # Start below 2^15 like aiortc does, so SRTP's rollover guess is never confused.
         self.last_seq = random.randint(0, 0x7FFF)
+        # The first sequence number sent from the current source: NACKs for earlier ones
+        # name packets of another source, which this source's history cannot answer.
+        self.sync_seq = self.last_seq
         self.last_ts = random.getrandbits(32)
         self.last_time: float | None = None
         self._rtx_seq = random.randint(0, 0x7FFF)
@@ -188,6 +199,7 @@ class DownTrack:
         else:
             gap = max(1, int((now - self.last_time) * self.clock_rate))
         self.seq_off = (self.last_seq + 1 - seq) & _MASK16
+        self.sync_seq = (self.last_seq + 1) & _MASK16
         self.ts_off = (self.last_ts + gap - ts) & _MASK32
         self.synced = True
 
@@ -204,6 +216,8 @@ class DownTrack:
             return
         size = len(history)
         for out_seq in lost:
+            if (out_seq - self.sync_seq) & _MASK16 >= 0x8000:
+                continue
             pub_seq = (out_seq - self.seq_off) & _MASK16
             entry = history[pub_seq % size]
             if entry is None or entry[0] != pub_seq or entry[5] != gen:

@@ -23,6 +23,7 @@ __all__ = [
     "GOP_CACHE_BYTES",
     "HISTORY_SIZE",
     "KEYFRAME_WAIT",
+    "LAYER_TIMEOUT",
     "PLI_ANSWER_LIMIT",
     "PLI_INTERVAL",
     "REPLAY_AFTER",
@@ -50,16 +51,24 @@ PLI_ANSWER_LIMIT = 0.25
 # waits up to PLI_INTERVAL) it starts from the cache at once: a picture now beats a
 # fresher one later, and the cache is small when keyframes are frequent.
 KEYFRAME_WAIT = 0.1
+# A feed that has sent nothing for this long is not sending: a simulcast encoder dropped
+# the layer (bandwidth or CPU), and its viewers move to another layer.
+LAYER_TIMEOUT = 2.0
 
 
 class TrackFeed:
     """Fans one publisher track out to many DownTracks; keeps the NACK history."""
 
-    def __init__(self, kind: str, *, now: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, kind: str, *, rid: str | None = None, now: Callable[[], float] | None = None
+    ) -> None:
         self.kind = kind
+        self.rid = rid  # the simulcast layer (RFC 8851 rid); None for a single-layer track
         self.video = kind == "video"
         self._now = now or asyncio.get_event_loop().time
         self.downtracks: list[DownTrack] = []
+        # Downtracks that move here from another layer at this layer's next keyframe.
+        self.incoming: dict[DownTrack, TrackFeed] = {}
         self.history: list[HistoryEntry | None] = [None] * HISTORY_SIZE
         self.generation = 0
         self.codecs: list[CodecSpec] = []
@@ -77,6 +86,7 @@ class TrackFeed:
         # Publisher clock: last SR as (NTP seconds, RTP timestamp, local arrival time).
         self.sender_report: tuple[float, int, float] | None = None
         self.last_arrival: float | None = None
+        self.first_arrival: float | None = None
         self.last_timestamp = 0
         self.packets = 0
         self.octets = 0
@@ -113,6 +123,7 @@ class TrackFeed:
         self.media_ssrc = None
         self.sender_report = None
         self.last_arrival = None
+        self.first_arrival = None
         self.gop = None
         self._pli_unanswered_since, self.pli_answer_s, self.pli_ignored = None, None, False
         for downtrack in self.downtracks:
@@ -128,6 +139,7 @@ class TrackFeed:
 
     def add(self, downtrack: DownTrack) -> None:
         downtrack.set_source(self.codecs)
+        downtrack.source = self
         self.downtracks.append(downtrack)
         if self.video:
             self.request_keyframe()
@@ -161,6 +173,39 @@ class TrackFeed:
     def remove(self, downtrack: DownTrack) -> None:
         if downtrack in self.downtracks:
             self.downtracks.remove(downtrack)
+            downtrack.source = None
+        self.incoming.pop(downtrack, None)
+
+    @property
+    def has_source(self) -> bool:
+        return self._requester is not None
+
+    def sending(self, now: float) -> bool:
+        last = self.last_arrival
+        return self.has_source and last is not None and now - last < LAYER_TIMEOUT
+
+    def take_over(self, downtrack: DownTrack, previous: TrackFeed) -> None:
+        """Move a viewer here from another layer at this layer's next keyframe.
+
+        Until then it keeps receiving `previous`; then DownTrack.set_source resynchronises
+        it, so its SSRC, sequence numbers and timestamps run on (RFC 3550 §5.1). A viewer
+        that is not receiving anything yet moves at once.
+        """
+        if not downtrack.synced or not previous.has_source:
+            previous.remove(downtrack)
+            self.add(downtrack)
+            return
+        self.incoming[downtrack] = previous
+        self.request_keyframe()
+
+    def _switch_incoming(self) -> None:
+        for downtrack, previous in self.incoming.items():
+            previous.remove(downtrack)
+            downtrack.set_source(self.codecs)
+            downtrack.source = self
+            downtrack.request_keyframe = self.request_keyframe
+            self.downtracks.append(downtrack)
+        self.incoming.clear()
 
     def on_rtp(
         self, pt: int, seq: int, ts: int, marker: bool, payload: bytes, ssrc: int, now: float
@@ -179,6 +224,8 @@ class TrackFeed:
                 self.keyframes += 1
                 self._check_pli_answer(now, keyframe=True)
                 self.dimensions = keyframe_dimensions(codec, payload) or self.dimensions
+                if self.incoming:
+                    self._switch_incoming()
         self.media_ssrc = ssrc
         self.last_pt = pt
         entry = (seq, ts, marker, pt, payload, self.generation)
@@ -186,6 +233,8 @@ class TrackFeed:
         if self.video:
             self._cache(entry, keyframe)
         self.last_arrival = now
+        if self.first_arrival is None:
+            self.first_arrival = now
         self.last_timestamp = ts
         self.packets += 1
         self.octets += len(payload)

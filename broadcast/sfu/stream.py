@@ -11,6 +11,7 @@ from typing import Protocol
 from broadcast.protocol.rtp import seconds_to_ntp
 from broadcast.sfu.downtrack import DownTrack
 from broadcast.sfu.feed import TrackFeed
+from broadcast.sfu.simulcast import LayerState, choose_layer
 
 __all__ = ["SENDER_REPORT_INTERVAL", "ReportTarget", "Stream"]
 
@@ -32,6 +33,7 @@ class Subscription:
     """A viewer's downtracks in this stream, with where their sender reports go."""
 
     downtracks: dict[str, tuple[DownTrack, ReportTarget]] = field(default_factory=dict)
+    layer: str | None = None  # the rid this viewer asked for; None: the highest
 
 
 class Stream:
@@ -44,6 +46,10 @@ class Stream:
         # Loop time when the last publisher left (None while live or never published).
         self.idle_since: float | None = asyncio.get_event_loop().time()
         self.subscriptions: dict[object, Subscription] = {}
+        # A simulcast publisher's video layers by rid, in its a=simulcast order; while
+        # there are any, they feed the viewers' video instead of feeds["video"].
+        self.layers: dict[str, TrackFeed] = {}
+        self._layer_states: tuple[LayerState, ...] = ()
         self._report_task: asyncio.Task[None] | None = None
 
     @property
@@ -59,18 +65,106 @@ class Stream:
         if publisher is None:
             self.live_since = None
             self.idle_since = asyncio.get_event_loop().time()
-            for feed in self.feeds.values():
+            for feed in (*self.feeds.values(), *self.layers.values()):
                 feed.detach_source()
         else:
             self.live_since = time.time()
             self.idle_since = None
 
+    def track_feeds(self, kind: str) -> list[TrackFeed]:
+        """The feeds of one kind: the simulcast layers of video, else the one feed."""
+        if kind == "video" and self.layers:
+            return list(self.layers.values())
+        return [self.feeds[kind]]
+
+    def set_layers(self, rids: tuple[str, ...]) -> dict[str, TrackFeed]:
+        """A publisher starts: its simulcast rids (empty: one video layer).
+
+        Layers with the same rid as the previous publisher's are kept (their viewers stay
+        and resynchronise at the next keyframe); the others' viewers move.
+        """
+        video = self.feeds["video"]
+        for rid in [rid for rid in self.layers if rid not in rids]:
+            gone = self.layers.pop(rid)
+            gone.detach_source()
+            for downtrack in list(gone.downtracks):
+                gone.remove(downtrack)
+        for rid in rids:
+            if rid not in self.layers:
+                feed = self.layers[rid] = TrackFeed("video", rid=rid)
+                feed.delay_observer = video.delay_observer
+        self.layers = {rid: self.layers[rid] for rid in rids}
+        now = asyncio.get_event_loop().time()
+        self._layer_states = self._states(now)
+        for sub in self.subscriptions.values():
+            self._place(sub, now)
+        return dict(self.layers)
+
+    def select_layer(self, viewer: object, rid: str | None) -> None:
+        """Pin a viewer to a simulcast layer (None: the highest), from its next keyframe."""
+        sub = self.subscriptions.get(viewer)
+        if sub is None:
+            return
+        sub.layer = rid
+        self._place(sub, asyncio.get_event_loop().time())
+
+    def place_layers(self, now: float) -> None:
+        """Move viewers whose layer is no longer the right one (layers came or went)."""
+        states = self._states(now)
+        if states == self._layer_states:
+            return
+        self._layer_states = states
+        for sub in self.subscriptions.values():
+            self._place(sub, now)
+
+    def _states(self, now: float) -> tuple[LayerState, ...]:
+        return tuple(
+            LayerState(rid, feed.sending(now), feed.dimensions, feed.first_arrival)
+            for rid, feed in self.layers.items()
+        )
+
+    def _place(self, sub: Subscription, now: float) -> None:
+        entry = sub.downtracks.get("video")
+        if entry is None:
+            return
+        downtrack = entry[0]
+        if not self.layers:
+            target = self.feeds["video"]
+        else:
+            rid = choose_layer(self._states(now), sub.layer)
+            if rid is None:  # nothing sends: stay, or wait on the pinned (else first) layer
+                if downtrack.source in self.layers.values():
+                    return
+                rid = sub.layer if sub.layer in self.layers else next(iter(self.layers))
+            target = self.layers[rid]
+        for feed in self.track_feeds("video"):
+            feed.incoming.pop(downtrack, None)
+        current = downtrack.source
+        if current is target:
+            return
+        downtrack.request_keyframe = target.request_keyframe
+        if current is None:
+            target.add(downtrack)
+        else:
+            target.take_over(downtrack, current)
+
     def subscribe(
-        self, viewer: object, kind: str, downtrack: DownTrack, report: ReportTarget
+        self,
+        viewer: object,
+        kind: str,
+        downtrack: DownTrack,
+        report: ReportTarget,
+        *,
+        layer: str | None = None,
     ) -> None:
+        """Start feeding a viewer's downtrack; video from simulcast `layer` if it sends."""
         sub = self.subscriptions.setdefault(viewer, Subscription())
         sub.downtracks[kind] = (downtrack, report)
-        self.feeds[kind].add(downtrack)
+        if kind == "video":
+            sub.layer = layer
+            self._place(sub, asyncio.get_event_loop().time())
+        else:
+            self.feeds[kind].add(downtrack)
         if self._report_task is None:
             self._report_task = asyncio.ensure_future(self._report_loop())
 
@@ -79,7 +173,10 @@ class Stream:
         if sub is None:
             return
         for kind, (downtrack, _) in sub.downtracks.items():
-            self.feeds[kind].remove(downtrack)
+            for feed in self.track_feeds(kind):
+                feed.remove(downtrack)
+            if downtrack.source is not None:
+                downtrack.source.remove(downtrack)
         if not self.subscriptions and self._report_task is not None:
             self._report_task.cancel()
             self._report_task = None
@@ -87,17 +184,20 @@ class Stream:
     async def _report_loop(self) -> None:
         loop = asyncio.get_event_loop()
         while True:
-            self.refresh_sender_reports(loop.time())
+            now = loop.time()
+            self.refresh_sender_reports(now)
+            if self.layers:
+                self.place_layers(now)
             await asyncio.sleep(SENDER_REPORT_INTERVAL)
 
     def refresh_sender_reports(self, now: float) -> None:
-        clocks: dict[str, tuple[int, float] | None] = {}
-        for kind, feed in self.feeds.items():
+        clocks: dict[TrackFeed, tuple[int, float] | None] = {}
+        for feed in (*self.feeds.values(), *self.layers.values()):
             clock = feed.clock_at(now)
-            clocks[kind] = None if clock is None else (seconds_to_ntp(clock[0]), clock[1])
+            clocks[feed] = None if clock is None else (seconds_to_ntp(clock[0]), clock[1])
         for sub in self.subscriptions.values():
-            for kind, (downtrack, report) in sub.downtracks.items():
-                clock = clocks[kind]
+            for downtrack, report in sub.downtracks.values():
+                clock = None if downtrack.source is None else clocks.get(downtrack.source)
                 if clock is None:
                     continue
                 rtp = downtrack.report_timestamp(int(clock[1]))
@@ -108,5 +208,5 @@ class Stream:
         if self._report_task is not None:
             self._report_task.cancel()
             self._report_task = None
-        for feed in self.feeds.values():
+        for feed in (*self.feeds.values(), *self.layers.values()):
             feed.detach_source()

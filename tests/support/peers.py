@@ -175,8 +175,10 @@ class TrackStats:
 
 
 class Viewer:
-    def __init__(self, base_url: str, stream: str) -> None:
-        self.url = f"{base_url}/whep/{stream}"
+    def __init__(self, base_url: str, stream: str, *, layer: str | None = None) -> None:
+        """`layer`: the simulcast rid to receive (WHEP POST `?layer=<rid>`)."""
+        query = "" if layer is None else f"?layer={layer}"
+        self.url = f"{base_url}/whep/{stream}{query}"
         self.base_url = base_url
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTransceiver("video", direction="recvonly")

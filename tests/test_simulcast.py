@@ -1,0 +1,92 @@
+"""Simulcast ingest end to end: Chromium publishes three layers, viewers pin each one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.peers import Viewer
+from tests.test_player import FAKE_MEDIA, Problems, launch
+from tests.test_simulcast_sdp import CHROMIUM_OFFER
+
+__all__ = ["launch"]  # the Chromium fixture, shared with tests/test_player.py
+
+pytestmark = pytest.mark.timeout(180)  # make test installs chromium; no skip if it is missing
+
+LAYERS = {"h": (1280, 720), "m": (640, 360), "l": (320, 180)}
+
+
+async def _video_layers(server: Any, name: str) -> list[dict[str, Any]]:
+    response = await server.client.get(f"/api/streams/{name}")
+    if response.status_code != 200:
+        return []
+    tracks = [t for t in response.json()["tracks"] if t["kind"] == "video"]
+    return list(tracks[0]["layers"]) if tracks else []
+
+
+def _all_sending(layers: list[dict[str, Any]]) -> bool:
+    sizes = {layer["rid"]: (layer.get("width"), layer.get("height")) for layer in layers}
+    return sizes == LAYERS and all(layer["active"] for layer in layers)
+
+
+async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, launch) -> None:
+    server = await make_server()
+    browser = await launch(FAKE_MEDIA)
+    page = await (await browser.new_context()).new_page()
+    problems = Problems(page)
+    await page.goto(f"{server.base_url}/publish/sim")
+    await page.select_option("#resolution", "1280x720")
+    await page.wait_for_selector("#codec option[value=VP8]", state="attached", timeout=5000)
+    await page.select_option("#codec", "VP8")
+    await page.check("#simulcast")
+    await page.click("#go-live")
+    await page.locator("#live-indicator").wait_for(state="visible", timeout=15000)
+    live = time.monotonic()
+    (publisher,) = [s for s in server.hub.sessions.values() if s.role == "whip"]
+    assert "a=simulcast:recv l;m;h" in publisher.answer
+    assert "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in publisher.answer
+
+    # Chromium adds a layer once its bandwidth estimate allows it: m after about 7 s and
+    # h after about 24 s on loopback here.
+    layers: list[dict[str, Any]] = []
+    while time.monotonic() - live < 45:
+        layers = await _video_layers(server, "sim")
+        if _all_sending(layers):
+            break
+        await asyncio.sleep(0.2)
+    ramp = time.monotonic() - live
+    assert _all_sending(layers), layers
+    print(f"Chromium simulcast: all three layers sending {ramp:.1f} s after going live")
+    assert all(layer["bitrate"] > 0 for layer in layers), layers
+
+    viewers = {rid: Viewer(server.base_url, "sim", layer=rid) for rid in LAYERS}
+    for viewer in viewers.values():
+        assert (await viewer.start(server.client)).status == 201
+    await asyncio.gather(*(v.wait_frames(video=30, timeout=30) for v in viewers.values()))
+    for rid, viewer in viewers.items():
+        assert viewer.video.sizes == {LAYERS[rid]}, (rid, viewer.video.sizes)
+
+    detail = (await server.client.get("/api/streams/sim")).json()
+    current = sorted(s["tracks"]["video"]["layer"] for s in detail["viewer_sessions"])
+    assert current == sorted(LAYERS)
+    for viewer in viewers.values():
+        await viewer.stop(server.client)
+    await page.click("#stop")
+    assert problems.items == []
+
+
+async def test_bad_simulcast_or_layer_is_a_400(server) -> None:
+    viewer = Viewer(server.base_url, "sim", layer="a.b")
+    result = await viewer.start(server.client)
+    await viewer.stop()
+    assert result.status == 400 and "layer must be a simulcast rid" in result.answer
+    offer = CHROMIUM_OFFER.replace("a=simulcast:send l;m;h", "a=simulcast:send l;m;m")
+    response = await server.client.post(
+        "/whip/sim", content=offer, headers={"Content-Type": "application/sdp"}
+    )
+    assert response.status_code == 400
+    assert "names rid m twice" in response.json()["detail"]
+    assert server.hub.sessions == {}
