@@ -16,6 +16,7 @@ from broadcast.config import Settings
 from broadcast.errors import BroadcastError, MethodNotAllowed, NotFound
 from broadcast.http.common import problem_response
 from broadcast.http.endpoints import Endpoints
+from broadcast.http.events import EventsExtension
 from broadcast.http.ops import Ops
 from broadcast.http.pages import Pages
 from broadcast.media import aiortc_glue as glue
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> Starlette:
     registry = MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
     hub = Hub(settings, registry, _server_ice_servers(settings))
     ops = Ops(hub, settings)
+    events = EventsExtension(hub, settings, ops.describe)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,7 +71,8 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         *Endpoints("whip", settings, hub).routes(),
-        *Endpoints("whep", settings, hub).routes(),
+        *events.routes(),
+        *Endpoints("whep", settings, hub, lambda session: [events.link(session)]).routes(),
         *ops.routes(),
         *Pages().routes(),
     ]

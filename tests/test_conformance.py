@@ -447,14 +447,23 @@ async def test_post_body_too_large_is_413(
 
 
 @pytest.mark.parametrize("role", ROLES)
-async def test_no_extension_is_required_or_advertised(
+async def test_extensions_are_advertised_never_required(
     server: RunningServer, peers: Peers, role: str
 ) -> None:
-    """RFC 9725 §4.9: extensions are advertised as URN Links and never required. This node
-    supports none yet, so a plain offer succeeds and the 201 advertises no URN."""
+    """RFC 9725 §4.9: extensions are advertised as URN Links and never required: a plain
+    offer succeeds. WHEP advertises the server-sent events extension with its session
+    (draft-ietf-wish-whep §4.7); WHIP advertises none."""
     _, response = await peers.session(server, role)
-    for _, params in parse_link_header(response.headers.get("link", "")):
-        assert not params.get("rel", "").startswith("urn:ietf:params:")
+    location = response.headers["location"]
+    urns = {
+        params["rel"]: target
+        for target, params in parse_link_header(response.headers.get("link", ""))
+        if params.get("rel", "").startswith("urn:")
+    }
+    if role == "whip":
+        assert urns == {}
+    else:
+        assert urns == {"urn:ietf:params:whep:ext:core:server-sent-events": f"{location}/sse"}
 
 
 # --------------------------------------------------------------------------- OPTIONS, CORS

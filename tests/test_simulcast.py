@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 
+from broadcast.protocol.links import parse_link_header
 from tests.support.peers import Viewer
 from tests.test_player import FAKE_MEDIA, Problems, launch
 from tests.test_simulcast_sdp import CHROMIUM_OFFER
@@ -30,6 +32,25 @@ async def _video_layers(server: Any, name: str) -> list[dict[str, Any]]:
 def _all_sending(layers: list[dict[str, Any]]) -> bool:
     sizes = {layer["rid"]: (layer.get("width"), layer.get("height")) for layer in layers}
     return sizes == LAYERS and all(layer["active"] for layer in layers)
+
+
+async def _layers_event_lists(server: Any, viewer: Viewer) -> None:
+    """The WHEP server-sent `layers` event names the three layers with their sizes."""
+    sse = next(
+        target
+        for target, params in parse_link_header(viewer.result.headers["link"])
+        if params.get("rel") == "urn:ietf:params:whep:ext:core:server-sent-events"
+    )
+    r = await server.client.post(sse, json=["layers"])
+    assert r.status_code == 201, r.text
+    async with server.client.stream("GET", r.headers["location"], timeout=10) as response:
+        lines = response.aiter_lines()
+        assert await asyncio.wait_for(anext(lines), 5) == "event: layers"
+        data = json.loads((await asyncio.wait_for(anext(lines), 5))[len("data: ") :])
+    ((_, info),) = data.items()
+    sizes = {x["encodingId"]: (x["width"], x["height"]) for x in info["layers"]}
+    assert sizes == LAYERS, sizes
+    assert sorted(x["id"] for x in info["active"]) == sorted(LAYERS)
 
 
 async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, launch) -> None:
@@ -72,6 +93,7 @@ async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, l
     detail = (await server.client.get("/api/streams/sim")).json()
     current = sorted(s["tracks"]["video"]["layer"] for s in detail["viewer_sessions"])
     assert current == sorted(LAYERS)
+    await _layers_event_lists(server, viewers["h"])
     for viewer in viewers.values():
         await viewer.stop(server.client)
     await page.click("#stop")

@@ -98,10 +98,18 @@ class _Resource:
 
 
 class Endpoints:
-    def __init__(self, role: Literal["whip", "whep"], settings: Settings, hub: Hub) -> None:
+    def __init__(
+        self,
+        role: Literal["whip", "whep"],
+        settings: Settings,
+        hub: Hub,
+        extension_links: Callable[[Session], list[str]] | None = None,
+    ) -> None:
         self.role = role
         self.settings = settings
         self.hub = hub
+        # RFC 9725 §4.9: protocol extensions are advertised with Link headers in the 201.
+        self.extension_links = extension_links
         self.token = settings.publish_token if role == "whip" else settings.viewer_token
 
     def routes(self) -> list[Route]:
@@ -143,6 +151,8 @@ class Endpoints:
             "Accept-Patch": SDPFRAG,
         }
         links = self._ice_links()
+        if self.extension_links is not None:
+            links += self.extension_links(session)
         if links:
             headers["Link"] = ", ".join(links)
         return Response(session.answer, status_code=201, media_type=SDP, headers=headers)

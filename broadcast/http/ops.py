@@ -87,7 +87,7 @@ class Ops:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def streams(self, request: Request) -> Response:
-        body = [self._describe(s) for s in self.hub.live_streams()]
+        body = [self.describe(s) for s in self.hub.live_streams()]
         return JSONResponse(body, headers=self._cors(request))
 
     def _cors(self, request: Request) -> dict[str, str]:
@@ -104,7 +104,7 @@ class Ops:
             response = problem_response(error, request.url.path)
             response.headers.update(self._cors(request))
             return response
-        body = self._describe(stream)
+        body = self.describe(stream)
         body["viewer_sessions"] = [v.stats() for v in self.hub.viewers_of(stream)]
         return JSONResponse(body, headers=self._cors(request))
 
@@ -126,7 +126,7 @@ class Ops:
             layer["width"], layer["height"] = feed.dimensions
         return layer
 
-    def _describe(self, stream: Stream) -> dict[str, object]:
+    def describe(self, stream: Stream) -> dict[str, object]:
         publisher = stream.publisher
         tracks: list[dict[str, object]] = []
         now = asyncio.get_event_loop().time()
