@@ -17,6 +17,7 @@ from broadcast.errors import BroadcastError, MethodNotAllowed, NotFound
 from broadcast.http.common import problem_response
 from broadcast.http.endpoints import Endpoints
 from broadcast.http.events import EventsExtension
+from broadcast.http.layers import LayerExtension
 from broadcast.http.ops import Ops
 from broadcast.http.pages import Pages
 from broadcast.media import aiortc_glue as glue
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> Starlette:
     hub = Hub(settings, registry, _server_ice_servers(settings))
     ops = Ops(hub, settings)
     events = EventsExtension(hub, settings, ops.describe)
+    layers = LayerExtension(hub, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -72,7 +74,10 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *Endpoints("whip", settings, hub).routes(),
         *events.routes(),
-        *Endpoints("whep", settings, hub, lambda session: [events.link(session)]).routes(),
+        *layers.routes(),
+        *Endpoints(
+            "whep", settings, hub, lambda session: [events.link(session), layers.link(session)]
+        ).routes(),
         *ops.routes(),
         *Pages().routes(),
     ]

@@ -463,7 +463,10 @@ async def test_extensions_are_advertised_never_required(
     if role == "whip":
         assert urns == {}
     else:
-        assert urns == {"urn:ietf:params:whep:ext:core:server-sent-events": f"{location}/sse"}
+        assert urns == {
+            "urn:ietf:params:whep:ext:core:server-sent-events": f"{location}/sse",
+            "urn:ietf:params:whep:ext:core:layer": f"{location}/layer",
+        }
 
 
 # --------------------------------------------------------------------------- OPTIONS, CORS

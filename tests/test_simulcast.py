@@ -94,6 +94,16 @@ async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, l
     current = sorted(s["tracks"]["video"]["layer"] for s in detail["viewer_sessions"])
     assert current == sorted(LAYERS)
     await _layers_event_lists(server, viewers["h"])
+
+    # The layer extension moves the top viewer to the smallest layer, at its keyframe.
+    link = viewers["h"].result.headers["link"]
+    url = next(t for t, p in parse_link_header(link) if p["rel"].endswith(":layer"))
+    assert (await server.client.post(url, json={"encodingId": "l"})).status_code == 204
+    top = viewers["h"]
+    for _ in range(2):  # 30 frames that hold the switch, then 30 after it
+        top.video.sizes.clear()
+        await top.wait_frames(video=top.video.frames + 30, timeout=15)
+    assert top.video.sizes == {LAYERS["l"]}, top.video.sizes
     for viewer in viewers.values():
         await viewer.stop(server.client)
     await page.click("#stop")

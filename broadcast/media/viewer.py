@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from functools import partial
 from typing import Any
 
 from aiortc import RTCRtpSender
 from aiortc.rtp import (
+    RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
@@ -15,10 +18,12 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
+    unpack_remb_fci,
 )
 
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.session import Role, Session, codec_specs
+from broadcast.sfu.abr import AbrPolicy, Feedback, Layer
 from broadcast.sfu.downtrack import DownTrack
 
 __all__ = ["ABS_SEND_TIME_URI", "ViewerSession"]
@@ -36,6 +41,7 @@ class ViewerSession(Session):
         self._senders: dict[str, RTCRtpSender] = {}
         self._rate_samples: dict[str, tuple[float, int]] = {}
         self._connected_wall = time.monotonic()
+        self.abr = AbrPolicy()
 
     def prepare(self) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -100,6 +106,31 @@ class ViewerSession(Session):
                     downtrack.on_receiver_report(
                         report.fraction_lost, report.packets_lost, report.jitter
                     )
+                    if kind == "video":
+                        rtt = glue.sender_round_trip_time(self._senders[kind])
+                        self._adapt(loss=report.fraction_lost / 256, rtt=rtt)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            with contextlib.suppress(ValueError):  # other application feedback than REMB
+                bitrate, _ = unpack_remb_fci(packet.fci)
+                self._adapt(remb=bitrate)
+
+    def _adapt(self, **feedback: Any) -> None:
+        """Automatic layer choice while the viewer pinned none: the ABR policy over this
+        viewer's receiver reports and REMB (sfu/abr.py), applied at the layer's keyframe."""
+        video = self.downtracks.get("video")
+        if self.layer is not None or len(self.stream.layers) < 2 or video is None:
+            return
+        now = asyncio.get_event_loop().time()
+        layers = [
+            Layer(rid, feed.rate_bps(now), feed.sending(now))
+            for rid, feed in self.stream.layers.items()
+        ]
+        if not any(layer.active for layer in layers):
+            return
+        current = video.source.rid if video.source is not None else None
+        choice = self.abr.update(Feedback(now=now, **feedback), layers, current)
+        if choice != current:
+            self.stream.select_layer(self, choice)
 
     def on_end(self) -> None:
         self.stream.unsubscribe(self)
@@ -115,7 +146,7 @@ class ViewerSession(Session):
             self._rate_samples[kind] = (now, d.octets)
             elapsed = now - then
             rtt = glue.sender_round_trip_time(self._senders[kind])
-            tracks[kind] = {
+            track: dict[str, object] = {
                 "packets": d.packets,
                 "bytes": d.octets,
                 "bitrate_bps": round((d.octets - octets) * 8 / elapsed) if elapsed > 0 else 0,
@@ -129,6 +160,11 @@ class ViewerSession(Session):
                 "synced": d.synced,
                 "layer": None if d.source is None else d.source.rid,
             }
+            tracks[kind] = track
+            if kind == "video":
+                # The ABR policy's bandwidth estimate for this viewer (None until RTCP).
+                estimate = self.abr.estimate
+                track["estimate_bps"] = None if estimate is None else round(estimate)
         base["tracks"] = tracks
         return base
 

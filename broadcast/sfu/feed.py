@@ -90,6 +90,8 @@ class TrackFeed:
         self.last_timestamp = 0
         self.packets = 0
         self.octets = 0
+        self._rate_mark: tuple[float, int] = (-1.0, 0)
+        self._rate = 0
         self.keyframes = 0
         self.keyframe_requests = 0
         # Coded picture size, read from keyframe headers (never decoded).
@@ -179,6 +181,14 @@ class TrackFeed:
     @property
     def has_source(self) -> bool:
         return self._requester is not None
+
+    def rate_bps(self, now: float) -> int:
+        """Ingest bit/s over the last second or more (what a layer costs a viewer)."""
+        since, octets = self._rate_mark
+        if now - since >= 1.0:
+            self._rate = round((self.octets - octets) * 8 / (now - since))
+            self._rate_mark = (now, self.octets)
+        return self._rate
 
     def sending(self, now: float) -> bool:
         last = self.last_arrival
