@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _normal_scheduling() -> Iterator[None]:
+    """Put the test process back to normal scheduling after each test.
+
+    libsvtav1 (PyAV's AV1 encoder, used by test_dimensions) makes its calling thread
+    SCHED_FIFO 99 when it runs as root. Every process a later test starts (Chromium, its
+    driver, FFmpeg) would inherit that and could starve the two cores until a teardown hangs.
+    """
+    yield
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 @pytest.fixture(autouse=True)
