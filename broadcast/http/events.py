@@ -41,7 +41,7 @@ from broadcast.media.session import Session
 from broadcast.protocol.links import extension_link
 from broadcast.sfu.stream import Stream
 
-__all__ = ["SSE_REL", "SUPPORTED_EVENTS", "EventsExtension"]
+__all__ = ["SSE_REL", "SUPPORTED_EVENTS", "EventsExtension", "json_preflight", "problem_with_cors"]
 
 SSE_REL = "urn:ietf:params:whep:ext:core:server-sent-events"
 SUPPORTED_EVENTS = ("active", "inactive", "layers", "viewercount", "reconnect")
@@ -86,17 +86,13 @@ class EventsExtension:
     async def subscribe(self, request: Request) -> Response:
         cors = cors_headers(request, self.settings, methods="POST, OPTIONS")
         if request.method == "OPTIONS":
-            return Response(
-                b"", status_code=204, headers=cors | {"Accept-Post": "application/json"}
-            )
+            return json_preflight(cors)
         try:
             session = self._session(request)
             body = await read_text_body(request, 4096)
             wanted = _event_list(body)
         except BroadcastError as error:
-            response = problem_response(error, request.url.path)
-            response.headers.update(cors)
-            return response
+            return problem_with_cors(error, request, cors)
         mine = [s for s in self.subscriptions.values() if s.session is session]
         for old in mine[: max(0, len(mine) - MAX_SUBSCRIPTIONS + 1)]:
             self.subscriptions.pop(old.id, None)  # the newest few win
@@ -113,9 +109,7 @@ class EventsExtension:
             if sub is None or sub.session is not session:
                 raise NotFound("no such event subscription; subscribe again")
         except BroadcastError as error:
-            response = problem_response(error, request.url.path)
-            response.headers.update(cors)
-            return response
+            return problem_with_cors(error, request, cors)
         sub.sent.clear()  # a new reader gets the whole current state first
         headers = cors | {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(self._stream(sub), media_type="text/event-stream", headers=headers)
@@ -204,3 +198,15 @@ def _event_list(body: str) -> frozenset[str]:
 def encode_event(name: str, data: Any) -> bytes:
     """One text/event-stream event (WHATWG HTML §9.2.6): JSON data on one line."""
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def json_preflight(cors: dict[str, str]) -> Response:
+    """The answer to a CORS preflight of a JSON-bodied extension request."""
+    return Response(b"", status_code=204, headers=cors | {"Accept-Post": "application/json"})
+
+
+def problem_with_cors(error: BroadcastError, request: Request, cors: dict[str, str]) -> Response:
+    """An RFC 9457 problem a page on another origin can read."""
+    response = problem_response(error, request.url.path)
+    response.headers.update(cors)
+    return response

@@ -24,10 +24,10 @@ from broadcast.errors import BadRequest, BroadcastError
 from broadcast.http.common import (
     check_bearer,
     cors_headers,
-    problem_response,
     read_text_body,
     stream_name,
 )
+from broadcast.http.events import json_preflight, problem_with_cors
 from broadcast.media.hub import Hub
 from broadcast.media.session import Session
 from broadcast.media.viewer import ViewerSession
@@ -53,9 +53,7 @@ class LayerExtension:
     async def select(self, request: Request) -> Response:
         cors = cors_headers(request, self.settings, methods="POST, OPTIONS")
         if request.method == "OPTIONS":
-            return Response(
-                b"", status_code=204, headers=cors | {"Accept-Post": "application/json"}
-            )
+            return json_preflight(cors)
         try:
             check_bearer(request, self.settings.viewer_token)
             name = stream_name(request.path_params["stream"])
@@ -66,9 +64,7 @@ class LayerExtension:
             layers = {rid: feed.dimensions for rid, feed in session.stream.layers.items()}
             rid = choose_layer(body, mids, layers)
         except BroadcastError as error:
-            response = problem_response(error, request.url.path)
-            response.headers.update(cors)
-            return response
+            return problem_with_cors(error, request, cors)
         session.set_layer(rid)
         return Response(b"", status_code=204, headers=cors)
 
