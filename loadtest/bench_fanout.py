@@ -67,6 +67,18 @@ def start_server(port: int, module: str = "broadcast") -> subprocess.Popen[bytes
     raise RuntimeError(f"{module} did not start listening within 15 s")
 
 
+def stop_server(server: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM the server's process group (uvicorn drains), SIGKILL it after 5 s."""
+    if server is None or server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(5)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(5)
+
+
 def add_step_arguments(ap: argparse.ArgumentParser, ramp_per_viewer: float) -> None:
     """The options every stepped benchmark shares (clip, step timing, loss limit)."""
     ap.add_argument("--duration", type=float, default=15.0, help="steady seconds per step")
@@ -278,13 +290,7 @@ def main() -> int:
                     r["stop_reason"] = f"server exited ({server.returncode})"
                     break
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(5)
+        stop_server(server)
     r["fit"] = fit(r["steps"], args.max_loss)
     top = max(r["steps"], key=lambda s: s["viewers"], default=None)
     if top:

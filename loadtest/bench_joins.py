@@ -24,7 +24,7 @@ import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from broadcast.media.aiortc_glue import restrict_host_addresses
-from loadtest.bench_fanout import start_server
+from loadtest.bench_fanout import start_server, stop_server
 
 
 def server_cpu(pid: int) -> float:
@@ -84,8 +84,7 @@ def main() -> int:
         restrict_host_addresses(["127.0.0.1"])
         result = asyncio.run(measure(port, server.pid, args.viewers))
     finally:
-        server.terminate()
-        server.wait(15)
+        stop_server(server)
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     print(json.dumps(result, indent=1))
     if args.json:

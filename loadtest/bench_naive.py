@@ -34,6 +34,7 @@ from loadtest.bench_fanout import (
     proc_sample,
     run_step,
     start_server,
+    stop_server,
 )
 
 
@@ -169,13 +170,7 @@ def main() -> int:
                     r["stop_reason"] = f"server exited ({server.returncode})"
                     break
     finally:
-        if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(5)
+        stop_server(server)
     r["fit"] = fit(r["steps"], ours["fit"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(r, indent=1, default=str))

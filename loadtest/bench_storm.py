@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench_fanout import ROOT, proc_sample, start_server
+from loadtest.bench_fanout import ROOT, proc_sample, start_server, stop_server
 from loadtest.stats import summarize
 
 SCENARIOS = {"honours-pli": ["--honour-pli", "--gop", "60"], "ignores-pli": ["--gop", "120"]}
@@ -112,8 +111,7 @@ def main() -> int:
                 for name in args.scenarios.split(",")
             ]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
+        stop_server(server)
     for r in result["scenarios"]:
         k, d = r["first_keyframe_ms"], r["first_decoded_frame_ms"]
         print(
