@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     wait_timeout: float = Field(default=600.0, gt=0)
     require_live: bool = False
     publisher_grace: float = Field(default=30.0, ge=0)
+    # bit/s a publisher's bandwidth estimate starts at (x-google-start-bitrate); 0: none
+    publisher_start_bitrate: int = Field(default=1_500_000, ge=0, le=100_000_000)
     connect_timeout: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=131072, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

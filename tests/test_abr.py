@@ -1,10 +1,17 @@
-"""The layer policy on synthetic traces: a viewer's link is simulated, RTCP derived from it."""
+"""The layer policy on synthetic traces: a viewer's link is simulated, its RTCP derived.
+
+The link model is a bottleneck with a 200 ms tail-drop queue: what is sent above its
+capacity is lost and the queue adds to the round trip. The viewer's REMB behaves like
+aiortc's and Chromium's estimators: it grows 8 % a second, never above 1.5x what arrives,
+and drops to 0.85x of what arrives when the queue grows (overuse).
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given
@@ -12,34 +19,59 @@ from hypothesis import strategies as st
 
 from broadcast.sfu.abr import AbrPolicy, Feedback, Layer
 
-LAYERS = [Layer("l", 150_000), Layer("m", 500_000), Layer("h", 1_500_000)]
+LAYERS = [
+    Layer("l", 150_000, pixels=320 * 180),
+    Layer("m", 500_000, pixels=640 * 360),
+    Layer("h", 1_500_000, pixels=1280 * 720),
+]
 BITRATE = {x.rid: x.bitrate for x in LAYERS}
-STEP = 0.5  # a receiver report every 0.5 s
+STEP = 0.25
+BASE_RTT = 0.02
+MAX_HOLD = AbrPolicy().max_hold
+
+
+@dataclass
+class Run:
+    trace: list[tuple[float, str]] = field(default_factory=list)
+    probes: list[tuple[float, str]] = field(default_factory=list)  # (start, target)
 
 
 def run(
     capacity: Callable[[float], float],
     seconds: float,
     *,
-    remb: bool,
+    remb: bool = True,
     rtt: Callable[[float], float] | None = None,
-    start: str = "h",
-) -> list[tuple[float, str]]:
-    """(time, layer) after each report. Loss is what does not fit the link; REMB, when
-    the viewer sends it, reads the link's capacity (what Chromium's estimator converges to)."""
-    policy, layer, out = AbrPolicy(), start, []
+    loss: Callable[[float], float] | None = None,
+    can_probe: bool = True,
+) -> Run:
+    """A receiver report every second, REMB (when sent) every half second."""
+    policy, layer, out = AbrPolicy(can_probe=can_probe), "h", Run()
+    estimate = 300_000.0  # the viewer's REMB estimator, starting low like aiortc's
     for i in range(int(seconds / STEP)):
         now = i * STEP
         cap = capacity(now)
-        loss = max(0.0, 1 - cap / BITRATE[layer])
-        fb = Feedback(
-            now=now,
-            loss=loss,
-            rtt=rtt(now) if rtt else 0.02,
-            remb=int(min(cap, 10_000_000)) if remb else None,
+        sent = BITRATE[layer] + policy.padding_bps
+        arriving = min(sent, cap)
+        overuse = sent > cap
+        lost = max(0.0, 1 - cap / sent) if sent else 0.0
+        if loss is not None:
+            lost = max(lost, loss(now))
+        estimate = (
+            0.85 * arriving if overuse else min(estimate * 1.08**STEP, 1.5 * arriving + 10_000)
         )
-        layer = policy.update(fb, LAYERS, layer)
-        out.append((now, layer))
+        feedback = None
+        if i % 4 == 0:
+            round_trip = (rtt(now) if rtt else BASE_RTT) + (0.2 if overuse else 0.0)
+            feedback = Feedback(now=now, loss=lost, rtt=round_trip)
+        elif remb and i % 2 == 0:
+            feedback = Feedback(now=now, remb=int(estimate))
+        if feedback is not None:
+            probing = policy.probe
+            layer = policy.update(feedback, LAYERS, layer)
+            if policy.probe is not None and policy.probe is not probing:
+                out.probes.append((now, policy.probe.rid))
+        out.trace.append((now, layer))
     return out
 
 
@@ -57,47 +89,83 @@ def limited(start: float, end: float, cap: float) -> Callable[[float], float]:
 
 @pytest.mark.parametrize("remb", [True, False], ids=["remb", "loss-only"])
 def test_step_limit_moves_down_within_2_s_and_back_up_within_20_s(remb: bool) -> None:
-    trace = run(limited(10, 40, 800_000), 70, remb=remb)
+    result = run(limited(10, 40, 800_000), 70, remb=remb)
+    trace = result.trace
     assert all(x == "h" for t, x in trace if t < 10)
     assert first_time(trace, 10, "m") <= 2.0
-    assert all(x != "h" for t, x in trace if 12 <= t < 40 and remb)  # REMB knows: no probing
+    # Probes during the limit fail without a switch: the picture never goes back up.
+    assert all(x == "m" for t, x in trace if 12 <= t < 40)
+    assert [rid for t, rid in result.probes if 12 <= t < 40] != []
     assert first_time(trace, 40, "h") <= 20.0
     assert all(x == "h" for t, x in trace if t >= 60)
 
 
-def test_a_deep_limit_goes_to_the_lowest_layer() -> None:
-    trace = run(limited(5, 30, 200_000), 30, remb=True)
+def test_a_deep_limit_goes_to_the_lowest_layer_and_climbs_back_one_by_one() -> None:
+    trace = run(limited(5, 30, 200_000), 70).trace
     assert first_time(trace, 5, "l") <= 2.0
+    assert all(x == "l" for t, x in trace if 7 <= t < 30)
+    up = first_time(trace, 30, "m")
+    assert first_time(trace, 30, "h") > up
+    assert first_time(trace, 30, "h") <= 20.0
 
 
-def test_loss_only_probing_backs_off_instead_of_oscillating() -> None:
-    # No REMB: the only way to learn the link recovered is to try. Over 5 minutes at a
-    # limit between m and h, the probes up must thin out (hold doubles to 15 s).
-    trace = run(limited(0, 300, 800_000), 300, remb=False)
-    assert switches(trace) <= 2 * (300 / 15 + 1)
+def test_failed_probes_thin_out() -> None:
+    # Five minutes at a limit between m and h: the probes must back off to max_hold
+    # apart, and none of them may move the viewer.
+    result = run(limited(0, 300, 800_000), 300)
+    starts = [t for t, _ in result.probes]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) <= 300 / MAX_HOLD + 3
+    assert gaps and min(gaps[3:]) >= MAX_HOLD
+    assert switches(result.trace) == 1
+
+
+def test_without_padding_the_switch_up_is_the_probe_and_backs_off() -> None:
+    result = run(limited(0, 300, 800_000), 300, can_probe=False)
+    trace = result.trace
     ups = [t for (_, a), (t, b) in itertools.pairwise(trace) if (a, b) == ("m", "h")]
     gaps = [b - a for a, b in itertools.pairwise(ups)]
-    assert gaps and min(gaps[2:] or gaps) >= 15
+    assert gaps and min(gaps[3:]) >= MAX_HOLD
+    assert switches(trace) <= 2 * (300 / MAX_HOLD + 3)
 
 
-def test_remb_wandering_around_a_layer_does_not_flip_it() -> None:
-    # REMB between 1.3 and 1.9 Mbit/s (the top layer is 1.5 Mbit/s and fits at 1.8): the
-    # estimate crosses 1.5 without loss. It may go down once, but must not flip-flop.
-    trace = run(lambda t: 1_600_000 + 300_000 * math.sin(t), 120, remb=True)
-    assert switches(trace) <= 2 * (120 / 15 + 1)
+def test_capacity_wandering_around_a_layer_does_not_flip_it() -> None:
+    # Capacity between 1.3 and 1.9 Mbit/s around the 1.5 Mbit/s top layer.
+    trace = run(lambda t: 1_600_000 + 300_000 * math.sin(t / 3), 120).trace
+    assert switches(trace) <= 2 * (120 / MAX_HOLD + 1)
 
 
-def test_rtt_growth_without_loss_moves_down() -> None:
-    # A queue building at the bottleneck: RTT from 20 ms to 220 ms over 10 s, no loss yet.
-    trace = run(lambda t: math.inf, 30, remb=False, rtt=lambda t: 0.02 + 0.02 * min(t, 10))
+def test_slow_rtt_growth_without_loss_moves_down() -> None:
+    # A queue building elsewhere on the path: RTT from 20 ms to 220 ms over 10 s, no loss.
+    trace = run(lambda t: math.inf, 30, remb=False, rtt=lambda t: 0.02 + 0.02 * min(t, 10)).trace
     moved = [t for t, x in trace if x != "h"]
     assert moved and moved[0] <= 6.0
 
 
-def test_starts_on_the_layer_the_estimate_fits() -> None:
+def test_step_loss_moves_down_and_clean_link_stays() -> None:
+    # 30 % random loss from t=10 (a bad radio link, capacity unchanged).
+    trace = run(lambda t: math.inf, 20, loss=lambda t: 0.3 if t >= 10 else 0.0).trace
+    assert all(x == "h" for t, x in trace if t < 10)
+    assert first_time(trace, 10, "m") <= 2.5
+
+
+def test_an_unconstrained_viewer_never_leaves_the_top() -> None:
+    assert switches(run(lambda t: math.inf, 120).trace) == 0
+
+
+def test_starts_on_top_then_where_the_estimate_fits() -> None:
     policy = AbrPolicy()
-    assert policy.update(Feedback(now=0.0, remb=700_000), LAYERS, None) == "m"
-    assert AbrPolicy().update(Feedback(now=0.0), LAYERS, None) == "h"  # nothing known yet
+    assert policy.update(Feedback(now=0.0), LAYERS, None) == "h"  # nothing known yet
+    policy.update(Feedback(now=1.0, loss=0.5), LAYERS, "h")  # 750 kbit/s arrive
+    assert policy.update(Feedback(now=1.1), LAYERS, None) == "m"
+
+
+def test_layers_rank_by_picture_size_before_bitrate() -> None:
+    # Just after going live every layer's measured bitrate is still near zero.
+    early = [Layer("h", 300, pixels=1280 * 720), Layer("l", 4000, pixels=320 * 180)]
+    policy = AbrPolicy()
+    policy.update(Feedback(now=0.0, loss=0.5), early, "h")
+    assert policy.update(Feedback(now=1.5, loss=0.5), early, "h") == "l"
 
 
 def test_a_stopped_layer_is_left() -> None:
@@ -124,3 +192,4 @@ def test_any_feedback_yields_an_active_layer(
     for i, (loss, rtt, remb) in enumerate(reports):
         layer = policy.update(Feedback(now=i * 0.3, loss=loss, rtt=rtt, remb=remb), LAYERS, layer)
         assert layer in BITRATE
+        assert policy.padding_bps >= 0

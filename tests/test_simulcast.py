@@ -14,7 +14,7 @@ from tests.support.peers import Viewer
 from tests.test_player import FAKE_MEDIA, Problems, launch
 from tests.test_simulcast_sdp import CHROMIUM_OFFER
 
-__all__ = ["launch"]  # the Chromium fixture, shared with tests/test_player.py
+__all__ = ["go_live_with_simulcast", "launch"]  # launch: the Chromium fixture (test_player.py)
 
 pytestmark = pytest.mark.timeout(180)  # make test installs chromium; no skip if it is missing
 
@@ -53,12 +53,13 @@ async def _layers_event_lists(server: Any, viewer: Viewer) -> None:
     assert sorted(x["id"] for x in info["active"]) == sorted(LAYERS)
 
 
-async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, launch) -> None:
-    server = await make_server()
+async def go_live_with_simulcast(server: Any, launch: Any, name: str) -> tuple[Any, Problems]:
+    """Chromium publishes `name` with three VP8 layers from a 1280x720 fake camera; returns
+    (page, problems) once all three are sending."""
     browser = await launch(FAKE_MEDIA)
     page = await (await browser.new_context()).new_page()
     problems = Problems(page)
-    await page.goto(f"{server.base_url}/publish/sim")
+    await page.goto(f"{server.base_url}/publish/{name}")
     await page.select_option("#resolution", "1280x720")
     await page.wait_for_selector("#codec option[value=VP8]", state="attached", timeout=5000)
     await page.select_option("#codec", "VP8")
@@ -70,11 +71,10 @@ async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, l
     assert "a=simulcast:recv l;m;h" in publisher.answer
     assert "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in publisher.answer
 
-    # Chromium adds a layer once its bandwidth estimate allows it: m after about 7 s and
-    # h after about 24 s on loopback here.
+    # Chromium adds a layer once its bandwidth estimate allows it.
     layers: list[dict[str, Any]] = []
     while time.monotonic() - live < 45:
-        layers = await _video_layers(server, "sim")
+        layers = await _video_layers(server, name)
         if _all_sending(layers):
             break
         await asyncio.sleep(0.2)
@@ -82,6 +82,12 @@ async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, l
     assert _all_sending(layers), layers
     print(f"Chromium simulcast: all three layers sending {ramp:.1f} s after going live")
     assert all(layer["bitrate"] > 0 for layer in layers), layers
+    return page, problems
+
+
+async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, launch) -> None:
+    server = await make_server()
+    page, problems = await go_live_with_simulcast(server, launch, "sim")
 
     viewers = {rid: Viewer(server.base_url, "sim", layer=rid) for rid in LAYERS}
     for viewer in viewers.values():

@@ -72,9 +72,13 @@ async def test_viewers_start_low_move_up_at_a_keyframe_and_stay_continuous() -> 
     assert 0 < (stamps[2] - stamps[1]) & 0xFFFFFFFF < 90000  # the wall-clock gap
     assert pinned.source is layers["l"] and len(pinned_sink.packets) == 3
 
-    # A NACK for a packet sent from layer l is not answered from layer h's history.
+    # A NACK for a packet sent from layer l is answered from layer l's history: a
+    # receiver may wait for it before it lets h's keyframe through.
     auto.on_nack([seqs[1]], layers["h"].history, layers["h"].generation)
-    assert auto.retransmits == 0
+    assert auto.retransmits == 1
+    rtx = auto_sink.packets[-1]
+    assert header(rtx)[4] == auto.rtx_ssrc and rtx[12:14] == struct.pack("!H", seqs[1])
+    assert rtx[14:] == DELTA  # l's packet 101, not anything of h's
 
     stream.unsubscribe("auto")
     assert auto not in layers["h"].downtracks and auto.source is None

@@ -80,7 +80,13 @@ class Hub:
                     retry_after=int(self.settings.connect_timeout),
                 )
             current.end("replaced by a new publisher after going silent")
-        session = PublisherSession(stream, self.ice_servers, self._ended, simulcast=simulcast)
+        session = PublisherSession(
+            stream,
+            self.ice_servers,
+            self._ended,
+            simulcast=simulcast,
+            start_bitrate=self.settings.publisher_start_bitrate,
+        )
         # Reserve the stream before the first await: a concurrent POST gets 409.
         stream.set_publisher(session)
         try:

@@ -11,6 +11,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.session import Role, Session, codec_specs
 from broadcast.protocol.simulcast import Simulcast, add_answer_lines
+from broadcast.protocol.start_bitrate import add_start_bitrate
 from broadcast.sfu.feed import TrackFeed
 from broadcast.tasks import spawn
 
@@ -24,9 +25,14 @@ class PublisherSession(Session):
     role: Role = "whip"
 
     def __init__(
-        self, *args: Any, simulcast: dict[int, Simulcast] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        simulcast: dict[int, Simulcast] | None = None,
+        start_bitrate: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.start_bitrate = start_bitrate  # bit/s hinted in the answer (0: none)
         self.last_packet_at: float | None = None
         # Simulcast per m-line index: as offered, then as accepted in prepare().
         self.simulcast: dict[int, Simulcast] = dict(simulcast or {})
@@ -60,7 +66,7 @@ class PublisherSession(Session):
                     feed.attach_source(codecs, request_keyframe)
 
     def finish_answer(self, answer: str) -> str:
-        return add_answer_lines(answer, self.simulcast)
+        return add_start_bitrate(add_answer_lines(answer, self.simulcast), self.start_bitrate)
 
     def _rtp_handler(
         self, feeds: dict[str | None, TrackFeed]

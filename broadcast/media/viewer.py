@@ -23,12 +23,15 @@ from aiortc.rtp import (
 
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.session import Role, Session, codec_specs
+from broadcast.protocol.rtp import abs_send_time, abs_send_time_bytes
 from broadcast.sfu.abr import AbrPolicy, Feedback, Layer
 from broadcast.sfu.downtrack import DownTrack
 
 __all__ = ["ABS_SEND_TIME_URI", "ViewerSession"]
 
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+PAD_INTERVAL = 0.02  # seconds between padding bursts while probing
+PAD_BURST = 0.1  # at most this many seconds of padding owed at once
 
 
 class ViewerSession(Session):
@@ -42,6 +45,7 @@ class ViewerSession(Session):
         self._rate_samples: dict[str, tuple[float, int]] = {}
         self._connected_wall = time.monotonic()
         self.abr = AbrPolicy()
+        self._padding: asyncio.Task[None] | None = None
 
     def prepare(self) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -106,8 +110,12 @@ class ViewerSession(Session):
                     downtrack.on_receiver_report(
                         report.fraction_lost, report.packets_lost, report.jitter
                     )
+                    # This report's own round trip: aiortc's is smoothed over many, which
+                    # would keep a drained queue visible for seconds.
+                    rtt = glue.report_round_trip_time(self._senders[kind], report.lsr, report.dlsr)
+                    if rtt is not None:
+                        downtrack.rtt = rtt
                     if kind == "video":
-                        rtt = glue.sender_round_trip_time(self._senders[kind])
                         self._adapt(loss=report.fraction_lost / 256, rtt=rtt)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             with contextlib.suppress(ValueError):  # other application feedback than REMB
@@ -122,17 +130,38 @@ class ViewerSession(Session):
             return
         now = asyncio.get_event_loop().time()
         layers = [
-            Layer(rid, feed.rate_bps(now), feed.sending(now))
+            Layer(rid, feed.rate_bps(now), feed.sending(now), _pixels(feed.dimensions))
             for rid, feed in self.stream.layers.items()
         ]
         if not any(layer.active for layer in layers):
             return
         current = video.source.rid if video.source is not None else None
+        self.abr.can_probe = any(rtx is not None for _, rtx in video.pt_map.values())
         choice = self.abr.update(Feedback(now=now, **feedback), layers, current)
         if choice != current:
             self.stream.select_layer(self, choice)
+        if self.abr.padding_bps and self._padding is None:
+            self._padding = asyncio.ensure_future(self._pad(video))
+
+    async def _pad(self, video: DownTrack) -> None:
+        """Send the ABR probe's padding until the probe ends (sfu/abr.py)."""
+        loop = asyncio.get_running_loop()
+        last, owed = loop.time(), 0.0
+        try:
+            while not self.ended and self.abr.padding_bps:
+                await asyncio.sleep(PAD_INTERVAL)
+                now = loop.time()
+                rate = self.abr.padding_bps / 8
+                owed = min(owed + rate * (now - last), rate * PAD_BURST)
+                last = now
+                sent = video.pad(int(owed), abs_send_time_bytes(abs_send_time(now)))
+                owed = owed - sent if sent else 0.0
+        finally:
+            self._padding = None
 
     def on_end(self) -> None:
+        if self._padding is not None:
+            self._padding.cancel()
         self.stream.unsubscribe(self)
         for downtrack in self.downtracks.values():
             downtrack.send = _discard
@@ -157,6 +186,7 @@ class ViewerSession(Session):
                 "retransmits": d.retransmits,
                 "nacks": d.nacks,
                 "plis": d.plis,
+                "padding_bytes": d.padding_octets,
                 "synced": d.synced,
                 "layer": None if d.source is None else d.source.rid,
             }
@@ -167,6 +197,10 @@ class ViewerSession(Session):
                 track["estimate_bps"] = None if estimate is None else round(estimate)
         base["tracks"] = tracks
         return base
+
+
+def _pixels(dimensions: tuple[int, int] | None) -> int:
+    return 0 if dimensions is None else dimensions[0] * dimensions[1]
 
 
 def _discard(data: bytes) -> None:

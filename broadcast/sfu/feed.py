@@ -183,9 +183,10 @@ class TrackFeed:
         return self._requester is not None
 
     def rate_bps(self, now: float) -> int:
-        """Ingest bit/s over the last second or more (what a layer costs a viewer)."""
+        """Ingest bit/s over the last two seconds or more (what a layer costs a viewer;
+        long enough that a keyframe does not look like a bigger layer)."""
         since, octets = self._rate_mark
-        if now - since >= 1.0:
+        if now - since >= 2.0:
             self._rate = round((self.octets - octets) * 8 / (now - since))
             self._rate_mark = (now, self.octets)
         return self._rate
@@ -210,8 +211,8 @@ class TrackFeed:
 
     def _switch_incoming(self) -> None:
         for downtrack, previous in self.incoming.items():
-            previous.remove(downtrack)
             downtrack.set_source(self.codecs)
+            previous.remove(downtrack)
             downtrack.source = self
             downtrack.request_keyframe = self.request_keyframe
             self.downtracks.append(downtrack)
