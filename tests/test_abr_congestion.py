@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.browserlike import BrowserLikeRecovery
 from tests.support.peers import Viewer
@@ -51,6 +52,21 @@ async def _state(server: Any, name: str) -> tuple[dict[str, dict[str, Any]], int
     top = max(layer["bitrate"] for layer in video["layers"] if layer["rid"] == "h")
     viewers = {s["session"]: s["tracks"]["video"] for s in detail["viewer_sessions"]}
     return viewers, top
+
+
+async def _metrics_show_it(server: Any) -> None:
+    """/metrics (parsed as Prometheus does): both viewers on h now, the policy's switches
+    counted, the constrained viewer's estimate in the distribution."""
+    text = (await server.client.get("/metrics")).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("broadcast_viewer_layers", (("layer", "h"),))] == 2
+    assert samples[("broadcast_layer_switches_total", (("reason", "down"),))] >= 1
+    assert samples[("broadcast_layer_switches_total", (("reason", "up"),))] >= 1
+    assert samples[("broadcast_viewer_estimate_bps_gcount", ())] >= 1
 
 
 async def test_constrained_viewer_moves_down_and_back(
@@ -127,6 +143,7 @@ async def test_constrained_viewer_moves_down_and_back(
     print(f"limit lifted: back on top after {up_at - lifted_at:.2f} s")
     assert [s["free_layer"] for s in trace if s["free_layer"] != "h"] == []
 
+    await _metrics_show_it(server)
     await shaped.wait_frames(video=shaped.video.frames + 30, timeout=10)
     assert shaped.video.sizes >= {LAYERS["h"]}
     check = checks[shaped]

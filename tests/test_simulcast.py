@@ -112,7 +112,33 @@ async def test_chromium_simulcast_to_viewers_pinned_to_each_layer(make_server, l
     assert top.video.sizes == {LAYERS["l"]}, top.video.sizes
     for viewer in viewers.values():
         await viewer.stop(server.client)
+    await _player_quality_menu(server, await launch([]))
+    # Three choices by viewers: the aiortc one's and the player's two.
+    text = (await server.client.get("/metrics")).text
+    assert 'broadcast_layer_switches_total{reason="viewer"} 3.0' in text, text
     await page.click("#stop")
+    assert problems.items == []
+
+
+async def _player_quality_menu(server: Any, browser: Any) -> None:
+    """The player's quality menu lists the layers (SSE `layers`) and pins one through the
+    layer extension: the picture becomes that layer's size."""
+    page = await (await browser.new_context()).new_page()
+    problems = Problems(page)
+    await page.goto(f"{server.base_url}/watch/sim")
+    menu = page.locator("whep-player select.quality")
+    await menu.wait_for(state="visible", timeout=15000)
+    values = await menu.evaluate("s => [...s.options].map(o => o.value)")
+    assert values == ["", "l", "m", "h"] or sorted(values) == ["", "h", "l", "m"], values
+    size = "() => document.querySelector('whep-player').video.videoWidth"
+    await page.wait_for_function(f"({size})() === 1280", timeout=15000)
+    await menu.select_option("l")
+    await page.wait_for_function(f"({size})() === 320", timeout=15000)
+    (session,) = (await server.client.get("/api/streams/sim")).json()["viewer_sessions"]
+    assert session["tracks"]["video"]["layer"] == "l"
+    await menu.select_option("")  # automatic again: back to the top layer
+    await page.wait_for_function(f"({size})() === 1280", timeout=15000)
+    await page.close()
     assert problems.items == []
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from broadcast.sfu.feed import LAYER_TIMEOUT, TrackFeed
+from broadcast.sfu.feed import LAYER_TIMEOUT, PLI_INTERVAL, SWITCH_PLI_RETRY, TrackFeed
 from broadcast.sfu.simulcast import LayerState, choose_layer
 from broadcast.sfu.stream import Stream
 from tests.test_sfu import DELTA, VP8_PUB, Sink, downtrack, header
@@ -102,6 +102,24 @@ async def test_pinned_layer_falls_back_while_it_is_not_sending() -> None:
     assert track.source is layers["l"]
     stream.select_layer("v", "l")  # already there: nothing to do
     assert track.source is layers["l"] and not layers["h"].incoming
+
+
+async def test_a_switch_asks_again_until_the_keyframe_comes() -> None:
+    now = asyncio.get_running_loop().time()
+    stream, layers, asked = layered_stream()
+    track = downtrack(Sink())
+    stream.subscribe("v", "video", track, no_report, layer="h")
+    layers["h"].on_rtp(96, 1, 0, True, key(1280, 720), 0x0B, now)
+    layers["l"].on_rtp(96, 1, 0, True, key(320, 180), 0x0C, now)
+    stream.select_layer("v", "l")
+    assert track in layers["l"].incoming and asked.count("l") == 1
+    layers["l"].on_rtp(96, 2, 3000, True, DELTA, 0x0C, now + 0.5)
+    assert asked.count("l") == 1  # the request may still be answered
+    layers["l"].on_rtp(96, 3, 6000, True, DELTA, 0x0C, now + SWITCH_PLI_RETRY + 0.1)
+    await asyncio.sleep(PLI_INTERVAL + 0.05)  # requests stay PLI_INTERVAL apart
+    assert asked.count("l") == 2  # it was dropped: asked again
+    layers["l"].on_rtp(96, 4, 9000, True, key(320, 180), 0x0C, now + SWITCH_PLI_RETRY + 0.2)
+    assert track.source is layers["l"]
 
 
 async def test_a_single_layer_publisher_takes_the_viewers_back() -> None:

@@ -13,7 +13,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+)
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +27,7 @@ from broadcast.config import Settings
 from broadcast.errors import BroadcastError, NotFound
 from broadcast.http.common import cors_headers, problem_response, stream_name
 from broadcast.media.hub import Hub
+from broadcast.media.viewer import ViewerSession
 from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.stream import Stream
 
@@ -35,7 +40,9 @@ class HubCollector(Collector):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | GaugeHistogramMetricFamily]:
         streams = GaugeMetricFamily("broadcast_streams", "Streams with a live publisher")
         streams.add_metric([], len(self.hub.live_streams()))
         sessions = GaugeMetricFamily("broadcast_sessions", "Open sessions", labels=["role"])
@@ -47,7 +54,49 @@ class HubCollector(Collector):
         for kind in ("audio", "video"):
             packets = sum(f.packets for s in self.hub.streams.values() for f in s.track_feeds(kind))
             ingest.add_metric([kind], packets)
-        yield from (streams, sessions, ingest)
+        yield from (streams, sessions, ingest, *self._viewer_layers())
+
+    def _viewer_layers(self) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
+        """Which layer viewers receive and what the ABR policy estimates their links carry.
+
+        Aggregates only (labels stay bounded): each viewer's own values are in
+        /api/streams/{stream}.
+        """
+        layers = GaugeMetricFamily(
+            "broadcast_viewer_layers",
+            "Viewers by the simulcast layer (rid) they receive; none: not simulcast",
+            labels=["layer"],
+        )
+        counts: dict[str, int] = {}
+        estimates: list[float] = []
+        for session in self.hub.sessions.values():
+            if not isinstance(session, ViewerSession):
+                continue
+            video = session.downtracks.get("video")
+            if video is None:
+                continue
+            rid = video.source.rid if video.source is not None else None
+            counts[rid or "none"] = counts.get(rid or "none", 0) + 1
+            if session.abr.estimate is not None:
+                estimates.append(session.abr.estimate)
+        for rid, count in sorted(counts.items()):
+            layers.add_metric([rid], count)
+        buckets = [(_bucket_label(b), sum(e <= b for e in estimates)) for b in ESTIMATE_BUCKETS]
+        yield layers
+        yield GaugeHistogramMetricFamily(
+            "broadcast_viewer_estimate_bps",
+            "Viewers' link estimates held by the ABR policy (viewers that met congestion)",
+            buckets=[*buckets, ("+Inf", len(estimates))],
+            gsum_value=sum(estimates),
+        )
+
+
+# Bit/s: the bitrates that separate common simulcast layers.
+ESTIMATE_BUCKETS = (150e3, 300e3, 500e3, 1e6, 1.5e6, 2.5e6, 4e6, 8e6)
+
+
+def _bucket_label(bound: float) -> str:
+    return f"{bound:.0f}"
 
 
 class Ops:
@@ -59,6 +108,7 @@ class Ops:
         self.registry = CollectorRegistry()
         self.registry.register(HubCollector(hub))
         self.registry.register(hub.forward_delay)
+        self.registry.register(hub.layer_switches)
         # process_cpu_seconds_total, process_resident_memory_bytes: what load tests read.
         ProcessCollector(registry=self.registry)
         self._samples: weakref.WeakKeyDictionary[TrackFeed, tuple[float, int]] = (

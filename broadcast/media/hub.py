@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from aiortc import RTCIceServer
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from broadcast.config import Settings
 from broadcast.errors import Conflict, NotFound, UnprocessableContent
@@ -41,6 +41,15 @@ class Hub:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
             registry=None,
         )
+        # Simulcast layer changes of viewers: the ABR policy's (down, up) or the viewer's own.
+        self.layer_switches = Counter(
+            "broadcast_layer_switches",
+            "Simulcast layer changes asked for viewers, by who decided",
+            ["reason"],
+            registry=None,
+        )
+        for reason in ("down", "up", "viewer"):
+            self.layer_switches.labels(reason)
         self._janitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -108,7 +117,13 @@ class Hub:
             # draft-ietf-wish-whep §4.2: 409 while no publication is live.
             raise Conflict(f"stream {name!r} is not live", retry_after=5)
         stream = self._stream(name)
-        session = ViewerSession(stream, self.ice_servers, self._ended, layer=layer)
+        session = ViewerSession(
+            stream,
+            self.ice_servers,
+            self._ended,
+            layer=layer,
+            on_switch=lambda reason: self.layer_switches.labels(reason).inc(),
+        )
         await self._negotiate(session, offer_sdp)
         self.sessions[session.id] = session
         return session

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -37,9 +38,16 @@ PAD_BURST = 0.1  # at most this many seconds of padding owed at once
 class ViewerSession(Session):
     role: Role = "whep"
 
-    def __init__(self, *args: Any, layer: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        layer: str | None = None,
+        on_switch: Callable[[str], None] = lambda reason: None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.layer = layer  # the simulcast rid asked for; None: the highest
+        self._on_switch = on_switch  # told "down", "up" or "viewer" at each layer change
         self.downtracks: dict[str, DownTrack] = {}
         self._senders: dict[str, RTCRtpSender] = {}
         self._rate_samples: dict[str, tuple[float, int]] = {}
@@ -93,6 +101,7 @@ class ViewerSession(Session):
         A rid the publisher does not send (now) falls back to the highest layer.
         """
         self.layer = rid
+        self._on_switch("viewer")
         self.stream.select_layer(self, rid)
 
     def _on_rtcp(self, kind: str, packet: Any) -> None:
@@ -139,6 +148,7 @@ class ViewerSession(Session):
         self.abr.can_probe = any(rtx is not None for _, rtx in video.pt_map.values())
         choice = self.abr.update(Feedback(now=now, **feedback), layers, current)
         if choice != current:
+            self._on_switch("up" if self.abr.last_switch_up else "down")
             self.stream.select_layer(self, choice)
         if self.abr.padding_bps and self._padding is None:
             self._padding = asyncio.ensure_future(self._pad(video))

@@ -94,6 +94,7 @@ class AbrPolicy:
     _settle_until: float = -1.0
     _last_down: float | None = None
     _last_up: float | None = None
+    _last_switch: float | None = None
     _chained: bool = False  # the last switch was a probe's success
     _hold: float = 0.0
 
@@ -208,7 +209,13 @@ class AbrPolicy:
                 best = layer
         return best
 
+    @property
+    def last_switch_up(self) -> bool:
+        """The latest change of layer went up (a probe's success or a try)."""
+        return self._last_up is not None and self._last_up == self._last_switch
+
     def _switch(self, now: float, layer: Layer, *, up: bool = False) -> Layer:
+        self._last_switch = now
         if up:
             self._last_up = now
         self._quiet_since = now

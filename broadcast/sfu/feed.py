@@ -54,6 +54,9 @@ KEYFRAME_WAIT = 0.1
 # A feed that has sent nothing for this long is not sending: a simulcast encoder dropped
 # the layer (bandwidth or CPU), and its viewers move to another layer.
 LAYER_TIMEOUT = 2.0
+# Viewers waiting to switch to this feed (a simulcast layer) repeat the keyframe request
+# this often until it comes.
+SWITCH_PLI_RETRY = 1.0
 
 
 class TrackFeed:
@@ -237,6 +240,10 @@ class TrackFeed:
                 self.dimensions = keyframe_dimensions(codec, payload) or self.dimensions
                 if self.incoming:
                     self._switch_incoming()
+            elif self.incoming and now - self._last_pli >= SWITCH_PLI_RETRY:
+                # Viewers wait to switch here: ask again (a sender may drop a request,
+                # e.g. libwebrtc's keyframe requests closer than 300 ms on any layer).
+                self.request_keyframe()
         self.media_ssrc = ssrc
         self.last_pt = pt
         entry = (seq, ts, marker, pt, payload, self.generation)
