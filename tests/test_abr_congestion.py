@@ -6,7 +6,7 @@ to well below the top layer's bitrate for a while, then freed. The constrained v
 go down quickly and keep decoding clean frames, come back up once the link is free; the
 other viewer stays on the top layer all along.
 
-Set BROADCAST_ABR_TRACE=path.json to keep the run's trace (`python -m loadtest.plot_abr`
+Set ABR_TRACE=path.json to keep the run's trace (`python -m loadtest.plot_abr`
 draws it).
 """
 
@@ -98,19 +98,6 @@ async def test_constrained_viewer_moves_down_and_back(
         now = time.monotonic() - started
         viewers, top = await _state(server, "abr")
         mine, other = viewers[ids[shaped]], viewers[ids[free]]
-        trace.append(
-            {
-                "t": round(now, 2),
-                "limit_bps": shaper.rate,
-                "layer": mine["layer"],
-                "estimate_bps": mine.get("estimate_bps"),
-                "received_bps": mine["bitrate_bps"],
-                "top_bps": top,
-                "free_layer": other["layer"],
-                "free_estimate_bps": other.get("estimate_bps"),
-                "frames": shaped.video.frames,
-            }
-        )
         if limited_at is None and now >= 3 and mine["layer"] == "h":
             shaper.limit(LIMIT * top)
             limited_at = now
@@ -119,16 +106,31 @@ async def test_constrained_viewer_moves_down_and_back(
         elif down_at is not None and lifted_at is None and now - limited_at >= CONSTRAINED_FOR:
             shaper.limit(None)
             lifted_at = now
-        elif lifted_at is not None and mine["layer"] == "h":
+        elif lifted_at is not None and up_at is None and mine["layer"] == "h":
             up_at = now
+        trace.append(
+            {
+                "t": round(now, 2),
+                "limit_bps": shaper.rate,
+                "layer": mine["layer"],
+                "estimate_bps": mine.get("estimate_bps"),
+                "received_bps": mine["bitrate_bps"],
+                "padding_bytes": mine["padding_bytes"],
+                "top_bps": top,
+                "free_layer": other["layer"],
+                "free_estimate_bps": other.get("estimate_bps"),
+                "frames": shaped.video.frames,
+            }
+        )
+        if up_at is not None and now - up_at >= 3:  # a little of the way on, for the plot
             break
         if limited_at is not None and now - limited_at > DOWN_WITHIN + 1 and down_at is None:
             break
-        if lifted_at is not None and now - lifted_at > UP_WITHIN + 1:
+        if lifted_at is not None and up_at is None and now - lifted_at > UP_WITHIN + 1:
             break
         await asyncio.sleep(SAMPLE)
 
-    out = os.environ.get("BROADCAST_ABR_TRACE")
+    out = os.environ.get("ABR_TRACE")
     for path in [tmp_path / "abr-trace.json", *([Path(out)] if out else [])]:
         path.write_text(json.dumps({"limit_fraction": LIMIT, "samples": trace}, indent=1))
     print(json.dumps(trace[-3:]))
