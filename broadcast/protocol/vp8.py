@@ -56,21 +56,28 @@ def read_fields(payload: bytes) -> Vp8Fields:
 
 def rewrite(payload: bytes, picture_offset: int, tl0_offset: int) -> bytes:
     """``payload`` with its PictureID and TL0PICIDX advanced by the offsets (modulo their
-    width), everything else untouched."""
-    fields = read_fields(payload)
-    if fields.picture_id is None and fields.tl0picidx is None:
-        return payload
-    out = bytearray(payload)
-    pos = 2
-    if fields.picture_id is not None:
-        if fields.long_id:
-            value = (fields.picture_id + picture_offset) & 0x7FFF
-            out[2] = 0x80 | value >> 8
-            out[3] = value & 0xFF
-            pos = 4
+    width), everything else untouched.
+
+    Runs per forwarded packet of a viewer that changed layer: one flat function, and
+    short payloads end in IndexError, cheaper than checking every index.
+    """
+    p = payload
+    try:
+        if not p[0] & 0x80:  # X: no extension byte, so neither field
+            return p
+        x = p[1]
+        if x & 0x80:  # I
+            if p[2] & 0x80:  # M: 15-bit PictureID
+                value = (((p[2] & 0x7F) << 8 | p[3]) + picture_offset) & 0x7FFF
+                head = bytes((p[0], x, 0x80 | value >> 8, value & 0xFF))
+            else:
+                head = bytes((p[0], x, (p[2] + picture_offset) & 0x7F))
         else:
-            out[2] = (fields.picture_id + picture_offset) & 0x7F
-            pos = 3
-    if fields.tl0picidx is not None:
-        out[pos] = (fields.tl0picidx + tl0_offset) & 0xFF
-    return bytes(out)
+            head = p[:2]
+        pos = len(head)
+        if x & 0x40:  # L
+            head += bytes(((p[pos] + tl0_offset) & 0xFF,))
+            pos += 1
+    except IndexError:
+        return payload
+    return head + p[pos:]
