@@ -1,4 +1,4 @@
-"""One test per hook into aiortc internals (broadcast/media/aiortc_glue.py).
+"""One test per hook into aiortc internals (broadcast/media/aiortc_glue.py, sender_glue.py).
 
 If an aiortc upgrade moves one of these private names, this file fails first. The RTP tap
 (`tap_receiver`) and the SRTP sink (`rtp_sink`) are exercised end to end by
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 
 import aioice.ice
 import pytest
@@ -18,6 +19,7 @@ from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from broadcast.media import aiortc_glue as glue
+from broadcast.media import sender_glue
 
 
 def test_passthrough_codecs_registered_once_with_rtx() -> None:
@@ -90,19 +92,32 @@ async def test_sender_report_values_reach_aiortc_stats() -> None:
     pc = RTCPeerConnection()
     sender = pc.addTransceiver("video", direction="sendonly").sender
     assert isinstance(sender, RTCRtpSender)
-    glue.feed_sender_report(
+    sender_glue.feed_sender_report(
         sender, ntp_timestamp=1 << 40, rtp_timestamp=90000, packets=7, octets=700
     )
     stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
     assert (stats[0].packetsSent, stats[0].bytesSent) == (7, 700)
-    assert glue.sender_round_trip_time(sender) is None
+    assert sender_glue.sender_round_trip_time(sender) is None
+    await pc.close()
+
+
+async def test_each_report_block_gives_its_own_round_trip() -> None:
+    pc = RTCPeerConnection()
+    sender = pc.addTransceiver("video", direction="sendonly").sender
+    assert sender_glue.report_round_trip_time(sender, 0x1234, 0) is None  # no SR sent yet
+    # What aiortc records when it sends a sender report: its LSR value and the send time.
+    sender._RTCRtpSender__lsr = 0x1234
+    sender._RTCRtpSender__lsr_time = time.time() - 0.3
+    rtt = sender_glue.report_round_trip_time(sender, 0x1234, 65536 // 10)  # held 0.1 s
+    assert rtt == pytest.approx(0.2, abs=0.02)
+    assert sender_glue.report_round_trip_time(sender, 0x9999, 0) is None  # another SR
     await pc.close()
 
 
 async def test_rtp_sink_is_none_until_connected() -> None:
     pc = RTCPeerConnection()
     transceiver = pc.addTransceiver("video")
-    assert glue.rtp_sink(transceiver.sender.transport) is None
+    assert sender_glue.rtp_sink(transceiver.sender.transport) is None
     await pc.close()
 
 
@@ -112,7 +127,7 @@ async def test_tap_sender_sees_rtcp_after_aiortc() -> None:
     pc = RTCPeerConnection()
     sender = pc.addTransceiver("video", direction="sendonly").sender
     seen: list[object] = []
-    glue.tap_sender(sender, seen.append)
+    sender_glue.tap_sender(sender, seen.append)
     packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc)
     await sender._handle_rtcp_packet(packet)
     assert seen == [packet]
@@ -135,7 +150,7 @@ def test_srtp_protector_matches_pylibsrtp_and_drops_replays() -> None:
         )
         return pylibsrtp.Session(policy=policy)
 
-    ours, theirs = glue.srtp_protector(session()), session()
+    ours, theirs = sender_glue.srtp_protector(session()), session()
     packets = [struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 7) + bytes(1200) for seq in (1, 2)]
     for packet in packets:
         assert ours(packet) == theirs.protect(packet)

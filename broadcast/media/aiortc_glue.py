@@ -1,4 +1,5 @@
-"""Every place where broadcast reaches into aiortc and aioice internals.
+"""Where broadcast reaches into aiortc and aioice internals (the viewer's sender side is in
+sender_glue.py).
 
 aiortc has no public API for encoded media (aiortc #449): its receiver always decodes
 and its sender always encodes. A forwarding server needs the RTP before the jitter
@@ -13,25 +14,22 @@ import asyncio
 import copy
 import datetime
 import logging
-import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import aioice.ice
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
-import pylibsrtp
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
-    RTCRtpSender,
 )
 from aiortc.codecs import CODECS
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile
+from aiortc.rtcdtlstransport import RTCCertificate, SRTPProtectionProfile
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
@@ -42,45 +40,35 @@ from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import RtcpSrPacket, RtpPacket, unwrap_rtx
 from aiortc.sdp import SessionDescription
 from OpenSSL import SSL
-from pylibsrtp._binding import ffi as _ffi
-from pylibsrtp._binding import lib as _lib
 
 from broadcast.sfu.simulcast import RidDemux
-from broadcast.tasks import spawn
 
 __all__ = [
     "RID_EXTENSIONS",
     "LazyBitrateEstimator",
     "ParkedTrack",
-    "RtpSink",
     "SharedCertificate",
     "add_remote_candidate",
     "adopt_offered_h264_parameters",
     "defer_bitrate_estimators",
     "echo_offered_payload_types",
-    "feed_sender_report",
     "negotiate_rid_extensions",
     "new_peer_connection",
     "register_passthrough_codecs",
     "remote_ice_ufrag",
     "request_keyframe",
     "restrict_host_addresses",
-    "rtp_sink",
     "shared_certificate",
     "tap_receiver",
-    "tap_sender",
 ]
 
 logger = logging.getLogger(__name__)
 
-RtpSink = Callable[[bytes], None]
 # RFC 8852 §4.1-4.2: the rid of a media stream, and the rid an RTX stream repairs.
 RID_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
 )
-# Our protect buffer: any UDP payload that fits a 1500-byte MTU, plus SRTP's trailer.
-_SRTP_BUFFER = 1500 + pylibsrtp.SRTP_MAX_TRAILER_LEN
 
 _VIDEO_FEEDBACK = [
     RTCRtcpFeedback(type="nack"),
@@ -466,127 +454,3 @@ def decoder_started(receiver: RTCRtpReceiver) -> bool:
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     """Send a Picture Loss Indication to the publisher (RFC 4585 §6.3.1)."""
     await receiver._send_rtcp_pli(media_ssrc)
-
-
-# ---------------------------------------------------------------------------------
-# Viewer side: write our RTP into the SRTP transport; read the viewer's RTCP.
-# ---------------------------------------------------------------------------------
-
-
-def tap_sender(sender: RTCRtpSender, on_rtcp: Callable[[Any], None]) -> None:
-    """Hand every RTCP packet for this sender to `on_rtcp` after aiortc's own handling.
-
-    aiortc keeps RTT and remote-inbound stats from receiver reports; NACK, PLI, FIR and
-    REMB are ours (aiortc's history never saw forwarded packets and its keyframe flag
-    only affects its encoder).
-    """
-    original = sender._handle_rtcp_packet
-
-    async def handle_rtcp(packet: Any) -> None:
-        await original(packet)
-        on_rtcp(packet)
-
-    s: Any = sender
-    s._handle_rtcp_packet = handle_rtcp
-
-
-def feed_sender_report(
-    sender: RTCRtpSender, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int
-) -> None:
-    """Give aiortc's RTCP loop the values of the next sender report (RFC 3550 §6.4.1).
-
-    aiortc's SR is built from counters that only its encoder path updates; without this
-    it would tell the viewer NTP 0 = RTP 0 and break lip sync.
-    """
-    s: Any = sender
-    s._RTCRtpSender__ntp_timestamp = ntp_timestamp
-    s._RTCRtpSender__rtp_timestamp = rtp_timestamp
-    s._RTCRtpSender__packet_count = packets
-    s._RTCRtpSender__octet_count = octets
-
-
-def report_round_trip_time(sender: RTCRtpSender, lsr: int, dlsr: int) -> float | None:
-    """The round trip one report block measures (RFC 3550 §6.4.1), in seconds, or None if
-    it does not answer the last sender report `sender` sent.
-
-    aiortc keeps only a smoothed value (85 % of the previous one each report), which shows
-    a drained queue for seconds after; a bandwidth decision needs each measurement. Our
-    sender reports carry the publisher's NTP clock, not ours, so the send time is aiortc's
-    record of when it sent the report, not the report's own timestamp.
-    """
-    s: Any = sender
-    if lsr == 0 or s._RTCRtpSender__lsr != lsr or s._RTCRtpSender__lsr_time is None:
-        return None
-    rtt: float = time.time() - s._RTCRtpSender__lsr_time - dlsr / 65536
-    return max(0.0, rtt)
-
-
-def sender_round_trip_time(sender: RTCRtpSender) -> float | None:
-    """aiortc's smoothed RTT estimate from the viewer's receiver reports, in seconds."""
-    s: Any = sender
-    rtt: float | None = s._RTCRtpSender__rtt
-    return rtt
-
-
-def rtp_sink(dtls: RTCDtlsTransport) -> RtpSink | None:
-    """A synchronous `send(rtp_bytes)` for a connected transport, or None.
-
-    Replaces aiortc's `_send_rtp` coroutine chain (four nested awaits per packet) with
-    SRTP protect + `sendto` on the nominated candidate pair. A packet SRTP refuses (a
-    sequence number already sent: RFC 3711 §3.3.2) is dropped, not raised.
-    """
-    d: Any = dtls
-    if dtls.state != "connected":
-        return None
-    pair = d.transport._connection._nominated.get(1)
-    if pair is None:
-        return None
-    protect = srtp_protector(d._tx_srtp)
-    addr = pair.remote_addr
-    protocol = pair.protocol
-    if isinstance(protocol, aioice.ice.StunProtocol) and protocol.transport is not None:
-        sendto = protocol.transport.sendto
-
-        def send(data: bytes) -> None:
-            packet = protect(data)
-            if packet is not None:
-                sendto(packet, addr)
-
-        return send
-
-    def send_relayed(data: bytes) -> None:
-        packet = protect(data)
-        if packet is not None:
-            spawn(protocol.send_data(packet, addr))
-
-    return send_relayed
-
-
-def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes | None]:
-    """SRTP-protect an RTP packet with `session`, or None if libsrtp refuses it.
-
-    pylibsrtp's `protect` allocates a length cell and checks its argument on every call;
-    this calls libsrtp directly with a buffer and length cell of its own (measured here:
-    2.9-4 µs against 4.8-6.5 µs for a 1100-byte packet).
-    """
-    s: Any = session
-    srtp = s._srtp[0]
-    cdata = _ffi.new("char[]", _SRTP_BUFFER)
-    buffer = _ffi.buffer(cdata)
-    limit = _SRTP_BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN
-    length = _ffi.new("int *")
-    protect = _lib.srtp_protect
-
-    def protect_packet(data: bytes, _owner: pylibsrtp.Session = session) -> bytes | None:
-        # `_owner` keeps the session, and so its libsrtp context, alive with this closure.
-        size = len(data)
-        if size > limit:
-            return None
-        buffer[0:size] = data
-        length[0] = size
-        if protect(srtp, cdata, length):
-            return None
-        result: bytes = buffer[0 : length[0]]
-        return result
-
-    return protect_packet

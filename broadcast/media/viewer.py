@@ -23,6 +23,7 @@ from aiortc.rtp import (
 )
 
 from broadcast.media import aiortc_glue as glue
+from broadcast.media import sender_glue
 from broadcast.media.session import Role, Session, codec_specs
 from broadcast.protocol.rtp import abs_send_time, abs_send_time_bytes
 from broadcast.sfu.abr import AbrPolicy, Feedback, Layer
@@ -64,7 +65,7 @@ class ViewerSession(Session):
             sender._stream_id = self.stream.name
             # WHEP: the answer is sendonly even to a sendrecv offer.
             transceiver.direction = "sendonly"
-            glue.tap_sender(sender, partial(self._on_rtcp, transceiver.kind))
+            sender_glue.tap_sender(sender, partial(self._on_rtcp, transceiver.kind))
 
     def on_connected(self) -> None:
         if self.ended:
@@ -73,7 +74,7 @@ class ViewerSession(Session):
             kind = transceiver.kind
             if kind not in self.stream.feeds:
                 continue
-            sink = glue.rtp_sink(transceiver.sender.transport)
+            sink = sender_glue.rtp_sink(transceiver.sender.transport)
             if sink is None:
                 self.end("transport not usable after connecting")
                 return
@@ -91,7 +92,7 @@ class ViewerSession(Session):
             )
             self.downtracks[kind] = downtrack
             self._senders[kind] = sender
-            report = partial(glue.feed_sender_report, sender)
+            report = partial(sender_glue.feed_sender_report, sender)
             self.stream.subscribe(self, kind, downtrack, report, layer=self.layer)
         self._connected_wall = time.monotonic()
 
@@ -121,7 +122,9 @@ class ViewerSession(Session):
                     )
                     # This report's own round trip: aiortc's is smoothed over many, which
                     # would keep a drained queue visible for seconds.
-                    rtt = glue.report_round_trip_time(self._senders[kind], report.lsr, report.dlsr)
+                    rtt = sender_glue.report_round_trip_time(
+                        self._senders[kind], report.lsr, report.dlsr
+                    )
                     if rtt is not None:
                         downtrack.rtt = rtt
                     if kind == "video":
@@ -184,7 +187,7 @@ class ViewerSession(Session):
             then, octets = self._rate_samples.get(kind, (self._connected_wall, 0))
             self._rate_samples[kind] = (now, d.octets)
             elapsed = now - then
-            rtt = glue.sender_round_trip_time(self._senders[kind])
+            rtt = sender_glue.sender_round_trip_time(self._senders[kind])
             track: dict[str, object] = {
                 "packets": d.packets,
                 "bytes": d.octets,
