@@ -149,6 +149,22 @@ def test_step_loss_moves_down_and_clean_link_stays() -> None:
     assert first_time(trace, 10, "m") <= 2.5
 
 
+def test_nacks_and_picture_losses_count_as_congestion() -> None:
+    # A receiver whose reports show no loss (it counts repaired packets as received) but
+    # whose NACKs name 30 % of the packets; another whose decoder keeps asking for pictures.
+    for quiet_reports in (
+        [Feedback(now=t, loss=0.0, nacked=0.3) for t in (0.0, 1.0, 2.0)],
+        [Feedback(now=t, loss=0.0, plis=3) for t in (0.0, 1.0, 2.0)],
+    ):
+        policy, layer = AbrPolicy(), "h"
+        for feedback in quiet_reports:
+            layer = policy.update(feedback, LAYERS, layer)
+        assert layer != "h"
+    policy = AbrPolicy()
+    for t in (0.0, 1.0, 2.0):  # one PLI now and then is no congestion
+        assert policy.update(Feedback(now=t, loss=0.0, nacked=0.01, plis=1), LAYERS, "h") == "h"
+
+
 def test_an_unconstrained_viewer_never_leaves_the_top() -> None:
     assert switches(run(lambda t: math.inf, 120).trace) == 0
 
@@ -181,15 +197,18 @@ def test_a_stopped_layer_is_left() -> None:
             st.floats(0, 1),
             st.one_of(st.none(), st.floats(0, 5)),
             st.one_of(st.none(), st.integers(0, 50_000_000)),
+            st.one_of(st.none(), st.floats(0, 1)),
+            st.one_of(st.none(), st.integers(0, 100)),
         ),
         max_size=60,
     )
 )
 def test_any_feedback_yields_an_active_layer(
-    reports: list[tuple[float, float | None, int | None]],
+    reports: list[tuple[float, float | None, int | None, float | None, int | None]],
 ) -> None:
     policy, layer = AbrPolicy(), "h"
-    for i, (loss, rtt, remb) in enumerate(reports):
-        layer = policy.update(Feedback(now=i * 0.3, loss=loss, rtt=rtt, remb=remb), LAYERS, layer)
+    for i, (loss, rtt, remb, nacked, plis) in enumerate(reports):
+        feedback = Feedback(now=i * 0.3, loss=loss, rtt=rtt, remb=remb, nacked=nacked, plis=plis)
+        layer = policy.update(feedback, LAYERS, layer)
         assert layer in BITRATE
         assert policy.padding_bps >= 0

@@ -31,6 +31,7 @@ async def test_a_packet_is_resent_once_per_round_trip() -> None:
     feed.on_nack(track, [lost])
     feed.on_nack(track, [lost])  # asked again before the first copy could arrive
     assert track.retransmits == 1 and track.nacks == 2
+    assert track.nacked == {lost}  # what the ABR policy counts: distinct packets
 
 
 async def test_retransmissions_never_exceed_the_media_rate() -> None:

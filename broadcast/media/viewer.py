@@ -55,6 +55,7 @@ class ViewerSession(Session):
         self._connected_wall = time.monotonic()
         self.abr = AbrPolicy()
         self._padding: asyncio.Task[None] | None = None
+        self._report_mark = (0, 0)  # (packets, plis) of the video downtrack at the last RR
 
     def prepare(self) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -128,11 +129,22 @@ class ViewerSession(Session):
                     if rtt is not None:
                         downtrack.rtt = rtt
                     if kind == "video":
-                        self._adapt(loss=report.fraction_lost / 256, rtt=rtt)
+                        self._adapt(
+                            loss=report.fraction_lost / 256, rtt=rtt, **self._since(downtrack)
+                        )
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             with contextlib.suppress(ValueError):  # other application feedback than REMB
                 bitrate, _ = unpack_remb_fci(packet.fci)
                 self._adapt(remb=bitrate)
+
+    def _since(self, video: DownTrack) -> dict[str, Any]:
+        """NACKed share and PLIs since the previous receiver report, for the ABR policy."""
+        packets, plis = self._report_mark
+        self._report_mark = (video.packets, video.plis)
+        sent = video.packets - packets
+        nacked = len(video.nacked)
+        video.nacked.clear()
+        return {"nacked": min(1.0, nacked / sent) if sent else None, "plis": video.plis - plis}
 
     def _adapt(self, **feedback: Any) -> None:
         """Automatic layer choice while the viewer pinned none: the ABR policy over this

@@ -5,12 +5,15 @@ reports, RTT: RFC 3550 §6.4.1) and REMB (a receiver-side estimate computed from
 abs-send-time we stamp: draft-alvestrand-rmcat-remb). The policy keeps one bandwidth
 estimate per viewer and turns it into a layer:
 
-- **Congestion signals** are: more than 10 % loss; RTT at twice its floor and 50 ms above
-  it (a queue building up, before loss shows); REMB 10 % under its highest value of the
-  last `REMB_WINDOW` seconds and under what is being sent (the viewer's delay-based
-  estimator saw overuse: it only ever lowers its estimate then). Each lowers the estimate
-  (unknown, meaning unlimited, until the first signal) to what the link evidently carries.
-  Signals less than `calm_after` apart make one congestion episode.
+- **Congestion signals** are: more than 10 % loss (by receiver report or by the packets
+  its NACKs name); RTT at twice its floor and 50 ms above it (a queue building up, before
+  loss shows); REMB 10 % under its highest value of the last `REMB_WINDOW` seconds and
+  under what is being sent (the viewer's delay-based estimator saw overuse: it only ever
+  lowers its estimate then); `PLI_BURST` picture loss indications between two reports.
+  Each lowers the estimate (unknown, meaning unlimited, until the first signal) to what
+  the link evidently carries. Signals less than `calm_after` apart make one congestion
+  episode. Report jitter is not a signal: forwarded timestamps are the publisher's, so it
+  carries the publisher's own pacing and uplink jitter, and RTT shows a queue better.
 - **Down** once an episode has lasted `down_after` seconds, to the highest lower layer that
   fits the estimate with headroom: well within 2 s of the link shrinking. Reports written
   before a switch took effect are not held against the new layer (`settle`).
@@ -41,6 +44,7 @@ RTT_MIN_RISE_S = 0.05  # ...and at least this much above it (jitter on a LAN is 
 QUEUE_BACKOFF = 0.85  # a queue: the link carries less than was sent (GCC's beta)
 REMB_DROP = 0.9  # REMB below this fraction of its recent highest: overuse was detected
 REMB_WINDOW = 2.0  # seconds of REMB history that "recent" means
+PLI_BURST = 2  # this many PLIs between two reports: the viewer's decoder keeps failing
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class Feedback:
     loss: float | None = None  # fraction lost, 0..1, from the latest receiver report
     rtt: float | None = None  # seconds
     remb: int | None = None  # bit/s
+    nacked: float | None = None  # distinct packets NACKed / packets sent, since the last
+    plis: int | None = None  # picture loss indications since the last
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,9 @@ class AbrPolicy:
             self._rtt_floor = fb.rtt if floor is None else min(floor, fb.rtt)
             rise = fb.rtt - self._rtt_floor
             queue = fb.rtt >= RTT_QUEUE_FACTOR * self._rtt_floor and rise >= RTT_MIN_RISE_S
-        loss = fb.loss or 0.0
+        # What the receiver report says, or what its NACKs say if that is worse: NACKs name
+        # each lost packet at once, and some receivers count a repaired one as received.
+        loss = max(fb.loss or 0.0, fb.nacked or 0.0)
         overuse = False
         if fb.remb is not None:
             self._rembs = [(t, r) for t, r in self._rembs if fb.now - t < REMB_WINDOW]
@@ -191,6 +199,8 @@ class AbrPolicy:
             limits.append(sent * QUEUE_BACKOFF)
         if overuse and fb.remb is not None:
             limits.append(float(fb.remb))
+        if (fb.plis or 0) >= PLI_BURST and not limits:
+            limits.append(sent * QUEUE_BACKOFF)
         if limits:
             # Within one episode the evidence adds up; a new episode starts afresh.
             if self._congested_since is not None and self.estimate is not None:

@@ -35,6 +35,7 @@ _EXT_PROFILE = b"\xbe\xde\x00\x01"
 _REPLAY_STEP = 90
 _MIN_RESEND_INTERVAL = 0.02  # seconds; the round trip when it is shorter or unknown
 _RESENT_MEMORY = 512
+_NACKED_MEMORY = 4096
 _RTX_MIN_BUDGET = 16_000  # bytes a second of retransmission any viewer may have
 # Padding cycles over this many of the latest packets sent.
 _PAD_WINDOW = 16
@@ -78,6 +79,7 @@ class DownTrack:
         "last_seq",
         "last_time",
         "last_ts",
+        "nacked",
         "nacks",
         "octets",
         "packets",
@@ -150,6 +152,8 @@ class DownTrack:
         self.octets = 0
         self.retransmits = 0
         self.nacks = 0
+        # Distinct sequence numbers NACKed since the ABR policy last looked (sfu/abr.py).
+        self.nacked: set[int] = set()
         self.plis = 0
         # From the viewer's receiver reports (RFC 3550 §6.4.1), for stats and ABR.
         self.fraction_lost = 0.0
@@ -301,6 +305,8 @@ class DownTrack:
         the loss stands.
         """
         self.nacks += 1
+        if len(self.nacked) < _NACKED_MEMORY:
+            self.nacked.update(lost)
         past = self._past
         # The current source's packets start at sync_seq (once the first one was sent).
         start = self.sync_seq if self.synced else (self.last_seq + 1) & _MASK16
