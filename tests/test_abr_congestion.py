@@ -144,6 +144,8 @@ async def test_constrained_viewer_moves_down_and_back(
     assert up_at is not None, f"not back on the top layer within {UP_WITHIN} s"
     print(f"limit lifted: back on top after {up_at - lifted_at:.2f} s")
     assert [s["free_layer"] for s in trace if s["free_layer"] != "h"] == []
+    constrained = [s for s in trace if s["limit_bps"] and s["t"] >= down_at]
+    assert all(s["layer"] != "h" for s in constrained), "probed back to the top while limited"
 
     await _metrics_show_it(server)
     await shaped.wait_frames(video=shaped.video.frames + 30, timeout=10)

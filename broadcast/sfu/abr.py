@@ -21,9 +21,10 @@ estimate per viewer and turns it into a layer:
   (draft-ietf-rmcat-gcc-02 §5.5) and so cannot show room for a bigger layer. After
   `up_after` seconds without congestion, the policy *probes*: the viewer is sent padding
   (RTX copies of recent packets, which its decoder ignores) on top of its layer, up to the
-  next layer's bitrate with headroom, for `probe_for` seconds. If no congestion shows, the
-  viewer moves up, and the probe for the layer above follows `chain_after` later; if it
-  does, padding stops at once and the next probe waits twice as long (`hold`, up to
+  next layer's bitrate with headroom, for `probe_for` seconds and until the first receiver
+  report after that (only a report sees a slowly growing queue). If no congestion shows,
+  the viewer moves up, and the probe for the layer above follows `chain_after` later; if
+  it does, padding stops at once and the next probe waits twice as long (`hold`, up to
   `max_hold`): a link that cannot carry the layer is not hammered, and a link that
   recovered is found within `max_hold + probe_for` seconds. Without RTX to pad with, the
   switch up itself is the probe.
@@ -44,6 +45,7 @@ RTT_MIN_RISE_S = 0.05  # ...and at least this much above it (jitter on a LAN is 
 QUEUE_BACKOFF = 0.85  # a queue: the link carries less than was sent (GCC's beta)
 REMB_DROP = 0.9  # REMB below this fraction of its recent highest: overuse was detected
 REMB_WINDOW = 2.0  # seconds of REMB history that "recent" means
+MAX_LOSS_COUNTED = 0.9  # a link losing everything still carries something: no estimate of 0
 PLI_BURST = 2  # this many PLIs between two reports: the viewer's decoder keeps failing
 
 
@@ -156,7 +158,7 @@ class AbrPolicy:
                 return self._switch(now, self._fitting(usable[:index])).rid
             return usable[index].rid
         if self.probe is not None:
-            if now - self.probe.started < self.probe_for:
+            if now - self.probe.started < self.probe_for or feedback.loss is None:
                 return usable[index].rid
             target = next(x for x in usable if x.rid == self.probe.rid)
             self.probe = None
@@ -194,7 +196,7 @@ class AbrPolicy:
             overuse = highest is not None and fb.remb < REMB_DROP * highest and fb.remb < sent
         limits = []
         if loss > LOSS_HIGH:
-            limits.append(sent * (1 - loss))
+            limits.append(sent * (1 - min(loss, MAX_LOSS_COUNTED)))
         if queue:
             limits.append(sent * QUEUE_BACKOFF)
         if overuse and fb.remb is not None:
