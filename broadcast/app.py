@@ -22,7 +22,7 @@ from broadcast.http.ops import Ops
 from broadcast.http.pages import Pages
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.hub import Hub
-from broadcast.registry.base import NodeInfo
+from broadcast.registry.base import NodeInfo, StreamRegistry
 from broadcast.registry.memory import MemoryRegistry
 
 __all__ = ["create_app"]
@@ -36,12 +36,21 @@ def _server_ice_servers(settings: Settings) -> list[RTCIceServer]:
     return [RTCIceServer(urls=url) for url in settings.ice_servers if url.startswith("stun")]
 
 
+def _registry(settings: Settings) -> StreamRegistry:
+    """Redis when BROADCAST_REDIS_URL is set (a cluster), else this node alone."""
+    if settings.redis_url:
+        from broadcast.registry.redis import RedisRegistry
+
+        return RedisRegistry(settings.redis_url)
+    return MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
+
+
 def create_app(settings: Settings) -> Starlette:
     glue.register_passthrough_codecs()
     glue.defer_bitrate_estimators()
     glue.echo_offered_payload_types()
     glue.restrict_host_addresses(settings.ice_addresses)
-    registry = MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
+    registry = _registry(settings)
     hub = Hub(settings, registry, _server_ice_servers(settings))
     ops = Ops(hub, settings)
     events = EventsExtension(hub, settings, ops.describe)

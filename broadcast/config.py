@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     node_id: str = Field(default_factory=socket.gethostname)
     redis_url: str | None = None
     cluster_mode: Literal["relay", "redirect"] = "relay"
+    # Shared by the nodes of one cluster: an edge's upstream WHEP session authenticates
+    # with it (it is accepted wherever the viewer token is).
+    cluster_secret: str | None = None
+    relay_grace: float = Field(default=10.0, ge=0)  # upstream kept this long without viewers
+    relay_max_depth: int = Field(default=3, ge=1, le=16)  # relay hops a stream may cross
     publish_token: str | None = None
     viewer_token: str | None = None
     ice_servers: CommaList = []
@@ -57,7 +62,9 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("publish_token", "viewer_token", "turn_secret", mode="before")
+    @field_validator(
+        "publish_token", "viewer_token", "turn_secret", "cluster_secret", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `BROADCAST_PUBLISH_TOKEN=` (empty) means no token, not "the empty token".

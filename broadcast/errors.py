@@ -1,6 +1,7 @@
 """The one exception tree of broadcast, and its single mapping to HTTP.
 
     BroadcastError                      500 (never raised on purpose)
+    ├── TemporaryRedirect               307 + Location (the stream lives on another node)
     ├── BadRequest                      400
     │   ├── InvalidStreamName           400
     │   ├── MalformedSdp                400
@@ -40,6 +41,7 @@ __all__ = [
     "PreconditionFailed",
     "PreconditionRequired",
     "ServiceUnavailable",
+    "TemporaryRedirect",
     "TooManyRequests",
     "Unauthorized",
     "UnprocessableContent",
@@ -145,6 +147,16 @@ class UnsupportedMediaType(BroadcastError):
 class UnprocessableContent(BroadcastError):
     status = 422
     title = "Unprocessable Content"
+
+
+class TemporaryRedirect(BroadcastError):
+    """RFC 9725 §4.5: the client repeats its POST at `location` (RFC 9110 §15.4.8)."""
+
+    status = 307
+    title = "Temporary Redirect"
+
+    def __init__(self, detail: str, *, location: str) -> None:
+        super().__init__(detail, headers={"Location": location})
 
 
 class PreconditionRequired(BroadcastError):

@@ -95,6 +95,14 @@ async def read_text_body(request: Request, limit: int) -> str:
         raise BadRequest(f"the body is not UTF-8 text (byte {exc.start})") from exc
 
 
+def bearer_is(request: Request, token: str) -> bool:
+    """The request carries exactly `token` as its Bearer credentials (constant time)."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode(), token.encode()
+    )
+
+
 def check_bearer(request: Request, token: str | None) -> None:
     """RFC 6750 §2.1 Bearer authentication; no-op when no token is configured."""
     if token is None:

@@ -29,6 +29,7 @@ from broadcast.errors import (
     UnprocessableContent,
 )
 from broadcast.http.common import (
+    bearer_is,
     check_bearer,
     cors_headers,
     if_match_allows,
@@ -40,6 +41,7 @@ from broadcast.http.common import (
 )
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.hub import Hub
+from broadcast.media.relay import HOPS_HEADER
 from broadcast.media.session import Session
 from broadcast.protocol.links import ice_server_links
 from broadcast.protocol.offer import inspect_offer
@@ -137,14 +139,14 @@ class Endpoints:
             # draft-ietf-wish-whep §4.1: HEAD (and GET) answer 200 with the media type
             # of the POST body, no content; RFC 9725 asks the same 2xx of GET.
             return Response(b"", status_code=200, headers={"Accept-Post": SDP, "Content-Type": SDP})
-        check_bearer(request, self.token)
+        hops = self._authorize(request)
         require_media_type(request, SDP, header="Accept-Post")
         offer = await read_text_body(request, self.settings.max_body_bytes)
         summary = inspect_offer(offer, role=self.role)
         if self.role == "whip":
             session: Session = await self.hub.publish(name, offer, summary.simulcast())
         else:
-            session = await self.hub.play(name, offer, layer_query(request))
+            session = await self.hub.play(name, offer, layer_query(request), hops)
         headers = {
             "Location": session.path,
             "ETag": session.etag,
@@ -156,6 +158,21 @@ class Endpoints:
         if links:
             headers["Link"] = ", ".join(links)
         return Response(session.answer, status_code=201, media_type=SDP, headers=headers)
+
+    def _authorize(self, request: Request) -> int:
+        """Check the Bearer token; answer the relay hops the request comes from.
+
+        Another node of the cluster may also use the cluster secret for WHEP (an edge's
+        upstream session), and only it may say how many relay hops it is from the origin.
+        """
+        secret = self.settings.cluster_secret
+        if self.role == "whep" and secret is not None and bearer_is(request, secret):
+            value = request.headers.get(HOPS_HEADER, "0")
+            if not value.isdigit() or int(value) > 64:
+                raise BadRequest(f"{HOPS_HEADER} must be a small non-negative integer")
+            return int(value)
+        check_bearer(request, self.token)
+        return 0
 
     def _options(self, request: Request) -> Response:
         headers = {"Accept-Post": SDP, "Allow": ENDPOINT_METHODS}
@@ -190,7 +207,7 @@ class Endpoints:
         session = self.hub.get(self.role, name, request.path_params["session"])
         if method in ("GET", "HEAD"):
             return Response(b"", status_code=200)
-        check_bearer(request, self.token)
+        self._authorize(request)
         if method == "DELETE":
             # RFC 9725 §4.4: ETags are ignored on DELETE. Closing the peer connection
             # sends RTCP BYE and a DTLS close_notify, and stops answering consent checks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import weakref
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ from broadcast.config import Settings
 from broadcast.errors import BroadcastError, NotFound
 from broadcast.http.common import cors_headers, problem_response, stream_name
 from broadcast.media.hub import Hub
+from broadcast.media.relay import UpstreamSession
 from broadcast.media.viewer import ViewerSession
+from broadcast.registry.base import RegistryUnavailable
 from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.stream import Stream
 
@@ -123,22 +126,53 @@ class Ops:
             Route("/metrics", self.metrics, methods=["GET", "HEAD"]),
             Route("/api/streams", self.streams, methods=["GET", "HEAD"]),
             Route("/api/streams/{stream}", self.stream, methods=["GET", "HEAD"]),
+            Route("/api/nodes", self.nodes, methods=["GET", "HEAD"]),
         ]
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        # An unreachable registry keeps the node ready: its local streams still flow, and
+        # every node would be unready at once. It is reported for operators and probes.
+        registry = "ok" if self.hub.cluster.available else "unavailable"
         if self.ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "draining"}, status_code=503)
+            return JSONResponse({"status": "ready", "registry": registry})
+        return JSONResponse({"status": "draining", "registry": registry}, status_code=503)
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def streams(self, request: Request) -> Response:
+        """Live streams cluster-wide: this node's in full, other nodes' from the registry."""
         body = [self.describe(s) for s in self.hub.live_streams()]
+        here = {s["stream"] for s in body}
+        try:
+            remote = await self.hub.registry.streams()
+        except RegistryUnavailable:
+            remote = []
+        for info in remote:
+            if info.stream not in here and info.node != self.node_id:
+                body.append(
+                    {
+                        "stream": info.stream,
+                        "node": info.node,
+                        "live": True,
+                        "viewers": None,
+                        "tracks": [{"codec": codec} for codec in info.codecs],
+                        "layers": list(info.layers),
+                        "started_at": info.started_at,
+                    }
+                )
         return JSONResponse(body, headers=self._cors(request))
+
+    async def nodes(self, request: Request) -> Response:
+        """The cluster's live nodes and their load, from the registry."""
+        try:
+            nodes = await self.hub.registry.nodes()
+        except RegistryUnavailable as error:
+            return problem_response(error, request.url.path)
+        return JSONResponse([dataclasses.asdict(n) for n in nodes], headers=self._cors(request))
 
     def _cors(self, request: Request) -> dict[str, str]:
         # Players embedded on other origins read the viewer count here.
@@ -196,9 +230,13 @@ class Ops:
                     "keyframe_requests": sum(f.keyframe_requests for f in feeds),
                 }
             )
+        relayed = isinstance(publisher, UpstreamSession)
         return {
             "stream": stream.name,
-            "node": self.node_id,
+            "node": publisher.origin.node_id
+            if isinstance(publisher, UpstreamSession)
+            else self.node_id,
+            "relayed": relayed,
             "live": stream.live,
             "publisher": getattr(publisher, "id", None),
             "viewers": stream.viewer_count,

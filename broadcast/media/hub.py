@@ -10,7 +10,9 @@ from prometheus_client import Counter, Histogram
 
 from broadcast.config import Settings
 from broadcast.errors import Conflict, NotFound, UnprocessableContent
+from broadcast.media.cluster import Cluster
 from broadcast.media.publisher import PublisherSession
+from broadcast.media.relay import Relay, UpstreamSession
 from broadcast.media.session import Session
 from broadcast.media.viewer import ViewerSession
 from broadcast.protocol.simulcast import Simulcast
@@ -51,13 +53,25 @@ class Hub:
         for reason in ("down", "up", "viewer"):
             self.layer_switches.labels(reason)
         self._janitor: asyncio.Task[None] | None = None
+        self._egress_ended = 0  # octets sent to viewers whose sessions ended
+        self.relay = Relay(settings, ice_servers, self._stream, self.viewer_count)
+        self.cluster = Cluster(
+            settings,
+            registry,
+            self.relay,
+            lambda: list(self.streams.values()),
+            self.viewer_count,
+            self.egress_octets,
+        )
 
     async def start(self) -> None:
         self._janitor = asyncio.ensure_future(self._janitor_loop())
+        self.cluster.start()
 
     async def close(self) -> None:
         if self._janitor is not None:
             self._janitor.cancel()
+        await self.cluster.stop()
         sessions = list(self.sessions.values())
         for session in sessions:
             session.end("server shutting down")
@@ -81,7 +95,7 @@ class Hub:
         stream = self._stream(name)
         now = asyncio.get_event_loop().time()
         current = stream.publisher
-        if isinstance(current, PublisherSession):
+        if isinstance(current, PublisherSession) and not isinstance(current, UpstreamSession):
             if not current.silent(now, self.settings.connect_timeout):
                 raise Conflict(
                     f"stream {name!r} already has a live publisher; stop it first "
@@ -100,7 +114,12 @@ class Hub:
         stream.set_publisher(session)
         try:
             if not await self.registry.claim(name, self.settings.node_id):
-                raise Conflict(f"stream {name!r} is published on another node")
+                raise Conflict(
+                    f"stream {name!r} is published on another node",
+                    retry_after=int(self.settings.connect_timeout),
+                )
+            if isinstance(current, UpstreamSession):  # relayed here until now
+                self.relay.close(name, "published on this node now")
             await self._negotiate(session, offer_sdp)
         except BaseException:
             if stream.publisher is session:
@@ -110,9 +129,16 @@ class Hub:
         self.sessions[session.id] = session
         return session
 
-    async def play(self, name: str, offer_sdp: str, layer: str | None = None) -> ViewerSession:
-        """Start a WHEP session; `layer`: the simulcast rid to receive (None: highest)."""
+    async def play(
+        self, name: str, offer_sdp: str, layer: str | None = None, hops: int = 0
+    ) -> ViewerSession:
+        """Start a WHEP session; `layer`: the simulcast rid to receive (None: highest);
+        `hops`: relay hops between the asking node and the origin (0: a client)."""
         stream = self.streams.get(name)
+        if stream is None or stream.publisher is None:
+            # Published on another node? Redirect there, or relay it here.
+            await self.cluster.route_viewer(name, hops, "" if layer is None else f"layer={layer}")
+            stream = self.streams.get(name)
         if self.settings.require_live and (stream is None or not stream.live):
             # draft-ietf-wish-whep §4.2: 409 while no publication is live.
             raise Conflict(f"stream {name!r} is not live", retry_after=5)
@@ -151,6 +177,21 @@ class Hub:
 
     def _ended(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
+        if isinstance(session, ViewerSession):
+            self._egress_ended += sum(d.octets for d in session.downtracks.values())
+
+    def egress_octets(self) -> int:
+        """Media octets sent to viewers so far (RTP payloads)."""
+        live = sum(
+            d.octets
+            for s in self.sessions.values()
+            if isinstance(s, ViewerSession)
+            for d in s.downtracks.values()
+        )
+        return self._egress_ended + live
+
+    def viewer_count(self, stream: Stream) -> int:
+        return len(self.viewers_of(stream))
 
     def _forget_stream_if_unused(self, stream: Stream, now: float) -> None:
         """Drop a stream nobody uses once its publisher grace is over (janitor only)."""

@@ -1,0 +1,178 @@
+"""This node's membership in the cluster: heartbeats, origin lookups, relay upkeep.
+
+Every HEARTBEAT_INTERVAL the node writes its record (URL, viewers, egress, CPU, draining)
+and its published streams' records, which refreshes their claims. A claim found lost
+(Redis restarted empty, or was unreachable past the TTL) is taken again, so the registry
+rebuilds itself from heartbeats. While Redis is unreachable, local streams keep flowing;
+only what needs another node (relaying, redirecting, a new publisher's claim) answers 503
+with Retry-After, and `/readyz` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+
+from broadcast.config import Settings
+from broadcast.errors import ServiceUnavailable, TemporaryRedirect
+from broadcast.media.publisher import PublisherSession
+from broadcast.media.relay import Relay, UpstreamSession
+from broadcast.registry.base import (
+    HEARTBEAT_INTERVAL,
+    NodeInfo,
+    RegistryUnavailable,
+    StreamInfo,
+    StreamRegistry,
+)
+from broadcast.sfu.stream import Stream
+
+__all__ = ["Cluster"]
+
+logger = logging.getLogger(__name__)
+
+
+class Cluster:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: StreamRegistry,
+        relay: Relay,
+        streams: Callable[[], Iterable[Stream]],
+        viewers_of: Callable[[Stream], int],
+        egress_octets: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.relay = relay
+        self.node_id: str = settings.node_id
+        self.url: str = settings.base_url
+        self._streams = streams
+        self._viewers_of = viewers_of
+        self._egress_octets = egress_octets
+        self.available = True  # the registry answered the last heartbeat
+        self.draining = False
+        self._task: asyncio.Task[None] | None = None
+        self._mark = (time.monotonic(), egress_octets(), _cpu_seconds())
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.relay.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except Exception:
+                logger.exception("cluster heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def node_info(self) -> NodeInfo:
+        now, octets, cpu = time.monotonic(), self._egress_octets(), _cpu_seconds()
+        then, octets_then, cpu_then = self._mark
+        self._mark = (now, octets, cpu)
+        elapsed = max(now - then, 1e-3)
+        viewers = sum(self._viewers_of(s) for s in self._streams())
+        return NodeInfo(
+            node_id=self.node_id,
+            url=self.url,
+            viewers=viewers,
+            egress_bps=(octets - octets_then) * 8 / elapsed,
+            cpu=(cpu - cpu_then) / elapsed,
+            draining=self.draining,
+        )
+
+    def published(self) -> list[StreamInfo]:
+        """Streams whose publisher is connected to this node (not relayed here)."""
+        out = []
+        for stream in self._streams():
+            publisher = stream.publisher
+            if isinstance(publisher, PublisherSession) and not isinstance(
+                publisher, UpstreamSession
+            ):
+                codecs = tuple(
+                    codec for f in stream.feeds.values() if (codec := f.active_codec) is not None
+                )
+                started = publisher.created_at
+                out.append(
+                    StreamInfo(stream.name, self.node_id, started, codecs, tuple(stream.layers))
+                )
+        return out
+
+    async def beat(self) -> None:
+        """One heartbeat, then the relays' upkeep."""
+        try:
+            lost = await self.registry.heartbeat(self.node_info(), self.published())
+            for name in lost:
+                if not await self.registry.claim(name, self.node_id):
+                    logger.warning("stream %s is claimed by another node now", name)
+            self.available = True
+        except RegistryUnavailable as exc:
+            if self.available:
+                logger.warning("registry unavailable: %s", exc.detail)
+            self.available = False
+            return
+        await self._tend_relays()
+
+    async def _tend_relays(self) -> None:
+        """Follow origins that moved; serve viewers waiting for a stream published
+        elsewhere; close upstreams nobody watches."""
+        self.relay.expire(asyncio.get_event_loop().time())
+        for stream in list(self._streams()):
+            publisher = stream.publisher
+            relayed = isinstance(publisher, UpstreamSession)
+            if publisher is not None and not relayed:
+                continue
+            if not relayed and not self._viewers_of(stream):
+                continue
+            origin = await self.origin_of(stream.name)
+            if origin is None:
+                if relayed:
+                    self.relay.close(stream.name, "the origin no longer has the stream")
+                continue
+            if self.settings.cluster_mode == "relay":
+                try:
+                    await self.relay.ensure(stream.name, origin, 0)
+                except ServiceUnavailable as exc:
+                    logger.info("cannot relay %s yet: %s", stream.name, exc.detail)
+
+    def settings_mode(self) -> str:
+        mode: str = self.settings.cluster_mode
+        return mode
+
+    async def origin_of(self, name: str) -> NodeInfo | None:
+        """The live node, other than this one, that `name` is published on."""
+        owner = await self.registry.lookup(name)
+        if owner is None or owner == self.node_id:
+            return None
+        return await self.registry.node(owner)
+
+    async def route_viewer(self, name: str, hops: int, query: str) -> None:
+        """Before a WHEP session for `name` that is not published here: redirect to the
+        origin, or make sure it is relayed here; nothing if no node has it (the viewer
+        waits for a publisher, as on a single node)."""
+        try:
+            origin = await self.origin_of(name)
+        except RegistryUnavailable as exc:
+            raise ServiceUnavailable(
+                f"the stream registry is unreachable, so {name!r} cannot be found on "
+                f"another node: {exc.detail}",
+                retry_after=5,
+            ) from exc
+        if origin is None:
+            return
+        if self.settings.cluster_mode == "redirect":
+            location = f"{origin.url.rstrip('/')}/whep/{name}" + (f"?{query}" if query else "")
+            raise TemporaryRedirect(f"{name!r} is served by {origin.node_id}", location=location)
+        await self.relay.ensure(name, origin, hops)
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system

@@ -1,0 +1,167 @@
+"""Origin → edge relay: one upstream WHEP session per stream, fanned out locally.
+
+A node asked for a stream that is published on another node (the origin, found in the
+registry) becomes an edge for it: it opens one WHEP session to the origin, server to
+server, authenticated with the cluster secret, and that session stands in for the
+publisher of the local stream. Local viewers are ordinary viewers of it, so keyframe
+requests (PLI) and RTCP feedback reach the origin through the upstream's receivers, and
+sender reports keep lip sync. The upstream closes `relay_grace` seconds after its last
+local viewer left, or as soon as the registry names another origin (the publisher moved:
+a new upstream is opened and local viewers resume at its first keyframe).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import urljoin
+
+import httpx
+from aiortc import RTCIceServer, RTCSessionDescription
+
+from broadcast.config import Settings
+from broadcast.errors import ServiceUnavailable
+from broadcast.media.publisher import PublisherSession
+from broadcast.media.session import Session
+from broadcast.registry.base import NodeInfo
+from broadcast.sfu.stream import Stream
+from broadcast.tasks import spawn
+
+__all__ = ["HOPS_HEADER", "Relay", "UpstreamSession"]
+
+logger = logging.getLogger(__name__)
+
+# How many relay hops the requesting node is from the origin (honoured with the cluster
+# secret only): an edge refuses to go past BROADCAST_RELAY_MAX_DEPTH.
+HOPS_HEADER = "X-Broadcast-Relay-Hops"
+UPSTREAM_TIMEOUT = 5.0  # seconds for the origin to answer the upstream's offer
+
+
+class UpstreamSession(PublisherSession):
+    """An edge's WHEP session to the origin; to the local stream it is the publisher."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        ice_servers: list[RTCIceServer],
+        on_ended: Callable[[Session, str], None],
+        *,
+        origin: NodeInfo,
+    ) -> None:
+        super().__init__(stream, ice_servers, on_ended)
+        self.origin = origin
+        self.resource: str | None = None  # the session URL at the origin
+
+    async def open(self, client: httpx.AsyncClient, secret: str | None, hops: int) -> None:
+        """Offer to the origin's WHEP endpoint and apply its answer."""
+        for kind in ("audio", "video"):
+            self.pc.addTransceiver(kind, direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        url = f"{self.origin.url.rstrip('/')}/whep/{self.stream.name}"
+        headers = {"Content-Type": "application/sdp", HOPS_HEADER: str(hops)}
+        if secret is not None:
+            headers["Authorization"] = f"Bearer {secret}"
+        response = await client.post(
+            url, content=self.pc.localDescription.sdp, headers=headers, timeout=UPSTREAM_TIMEOUT
+        )
+        if response.status_code != 201:
+            raise ServiceUnavailable(
+                f"the origin node {self.origin.node_id} refused the relay: "
+                f"{response.status_code} {response.text[:200]}",
+                retry_after=2,
+            )
+        self.resource = urljoin(url, response.headers.get("location", ""))
+        await self.pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+        self.prepare()
+
+
+class Relay:
+    """The upstreams of one node, by stream name."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ice_servers: list[RTCIceServer],
+        stream_for: Callable[[str], Stream],
+        viewers_of: Callable[[Stream], int],
+    ) -> None:
+        self.settings = settings
+        self.ice_servers = ice_servers
+        self._stream_for = stream_for
+        self._viewers_of = viewers_of
+        self.upstreams: dict[str, UpstreamSession] = {}
+        self._unwatched_since: dict[str, float] = {}
+        self._client = httpx.AsyncClient()
+
+    async def ensure(self, name: str, origin: NodeInfo, hops: int) -> None:
+        """Have an upstream for `name` from `origin` (open one, or keep the one there)."""
+        upstream = self.upstreams.get(name)
+        if (
+            upstream is not None
+            and not upstream.ended
+            and upstream.origin.node_id == origin.node_id
+        ):
+            return
+        if hops >= self.settings.relay_max_depth:
+            raise ServiceUnavailable(
+                f"stream {name!r} is {hops} relay hops away, more than "
+                f"BROADCAST_RELAY_MAX_DEPTH={self.settings.relay_max_depth}",
+                retry_after=5,
+            )
+        if upstream is not None:
+            self.close(name, "the stream moved to another origin")
+        stream = self._stream_for(name)
+        if stream.publisher is not None and not isinstance(stream.publisher, UpstreamSession):
+            return  # published here meanwhile
+        upstream = UpstreamSession(stream, self.ice_servers, self._ended, origin=origin)
+        # Set before the first await: viewers arriving meanwhile share this upstream.
+        stream.set_publisher(upstream)
+        self.upstreams[name] = upstream
+        try:
+            await upstream.open(self._client, self.settings.cluster_secret, hops + 1)
+        except Exception as exc:
+            self.close(name, f"opening failed: {exc}")
+            if isinstance(exc, ServiceUnavailable):
+                raise
+            raise ServiceUnavailable(
+                f"the origin node {origin.node_id} cannot be reached: {type(exc).__name__}",
+                retry_after=2,
+            ) from exc
+        logger.info("relaying %s from %s (%s)", name, origin.node_id, origin.url)
+
+    def close(self, name: str, reason: str) -> None:
+        upstream = self.upstreams.pop(name, None)
+        self._unwatched_since.pop(name, None)
+        if upstream is None:
+            return
+        upstream.end(reason)
+        if upstream.resource is not None:
+            spawn(self._delete(upstream.resource))
+
+    async def _delete(self, url: str) -> None:
+        headers = {}
+        if self.settings.cluster_secret is not None:
+            headers["Authorization"] = f"Bearer {self.settings.cluster_secret}"
+        try:
+            await self._client.delete(url, headers=headers, timeout=UPSTREAM_TIMEOUT)
+        except httpx.HTTPError as exc:
+            logger.info("upstream DELETE %s failed: %s", url, exc)
+
+    def _ended(self, session: Session, reason: str) -> None:
+        if self.upstreams.get(session.stream.name) is session:
+            self.upstreams.pop(session.stream.name, None)
+
+    def expire(self, now: float) -> None:
+        """Close upstreams that have had no local viewer for `relay_grace` seconds."""
+        for name, upstream in list(self.upstreams.items()):
+            if self._viewers_of(upstream.stream):
+                self._unwatched_since.pop(name, None)
+                continue
+            since = self._unwatched_since.setdefault(name, now)
+            if now - since >= self.settings.relay_grace:
+                self.close(name, "no local viewers")
+
+    async def aclose(self) -> None:
+        for name in list(self.upstreams):
+            self.close(name, "server shutting down")
+        await self._client.aclose()

@@ -1,0 +1,81 @@
+"""Real `broadcast serve` processes on loopback, as the nodes of one cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.redisproc import free_port
+
+__all__ = ["Node", "nodes"]
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "cluster-test-secret"
+
+
+class Node:
+    def __init__(self, node_id: str, redis_url: str, **settings: str) -> None:
+        self.node_id = node_id
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
+        env |= {
+            "BROADCAST_NODE_ID": node_id,
+            "BROADCAST_PUBLIC_URL": self.url,
+            "BROADCAST_REDIS_URL": redis_url,
+            "BROADCAST_CLUSTER_SECRET": SECRET,
+            "BROADCAST_ICE_ADDRESSES": "127.0.0.1",
+            "BROADCAST_LOG_LEVEL": "warning",
+            "PYTHONPATH": str(ROOT),
+        }
+        env |= {f"BROADCAST_{k.upper()}": v for k, v in settings.items()}
+        cmd = [sys.executable, "-m", "broadcast", "serve", "--port", str(self.port)]
+        self.process = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                    return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node {node_id} exited with {self.process.returncode}")
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"node {node_id} did not answer /healthz within 15 s")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing cleaned up."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[..., Node]]:
+    """Start nodes with `nodes(node_id, redis_url, **settings)`; all stop at teardown."""
+    started: list[Node] = []
+
+    def start(node_id: str, redis_url: str, **settings: str) -> Node:
+        node = Node(node_id, redis_url, **settings)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()

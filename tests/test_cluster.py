@@ -1,0 +1,197 @@
+"""A cluster on loopback: three `broadcast serve` processes sharing a real redis-server.
+
+The publisher and the viewers are aiortc peers in this process; each node is its own
+process, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.nodes import Node, nodes
+from tests.support.peers import Publisher, Viewer
+from tests.support.redisproc import RedisProcess, redis_server
+
+__all__ = ["nodes", "redis_server"]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll `check` every 0.2 s; the seconds it took, or fail after `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+async def get(client: httpx.AsyncClient, url: str) -> Any:
+    response = await client.get(url)
+    return response.json() if response.status_code == 200 else None
+
+
+async def test_viewers_on_any_node_share_one_upstream_per_edge(
+    redis_server: RedisProcess, nodes: Callable[..., Node]
+) -> None:
+    a, b, c = (nodes(n, redis_server.url) for n in ("a", "b", "c"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        publisher = Publisher(a.url, "cam")
+        assert (await publisher.start(client)).status == 201
+        viewers = [Viewer(node.url, "cam") for node in (b, b, c, c, c)]
+        for viewer in viewers:
+            result = await viewer.start(client)
+            assert result.status == 201, result.answer
+        await asyncio.gather(*(v.wait_frames(video=30, audio=20, timeout=30) for v in viewers))
+
+        origin = await get(client, f"{a.url}/api/streams/cam")
+        # The origin sees exactly one viewer per edge: the edges' upstream sessions.
+        assert origin["viewers"] == 2, origin
+        for edge, count in ((b, 2), (c, 3)):
+            detail = await get(client, f"{edge.url}/api/streams/cam")
+            assert detail["relayed"] is True and detail["node"] == "a", detail
+            assert detail["viewers"] == count
+        listed = await get(client, f"{c.url}/api/nodes")
+        assert sorted(n["node_id"] for n in listed) == ["a", "b", "c"]
+        assert {n["node_id"]: n["url"] for n in listed}["a"] == a.url
+
+        # A second publisher for the stream on another node is refused while A's is live.
+        second = Publisher(b.url, "cam")
+        assert (await second.start(client)).status == 409
+        await second.stop()
+        for viewer in viewers:
+            await viewer.stop(client)
+        await publisher.stop(client)
+
+
+async def test_redirect_mode_sends_viewers_to_the_origin(
+    redis_server: RedisProcess, nodes: Callable[..., Node]
+) -> None:
+    a = nodes("a", redis_server.url, cluster_mode="redirect")
+    b = nodes("b", redis_server.url, cluster_mode="redirect")
+    async with httpx.AsyncClient(timeout=10) as client:
+        publisher = Publisher(a.url, "cam")
+        assert (await publisher.start(client)).status == 201
+        response = await client.post(
+            f"{b.url}/whep/cam?layer=h",
+            content=(await _offer()),
+            headers={"Content-Type": "application/sdp"},
+        )
+        assert response.status_code == 307, response.text
+        assert response.headers["location"] == f"{a.url}/whep/cam?layer=h"
+        async with httpx.AsyncClient(timeout=10, follow_redirects=True) as following:
+            viewer = Viewer(b.url, "cam")
+            result = await viewer.start(following)
+            assert result.status == 201
+            await viewer.wait_frames(video=30, timeout=20)
+            await viewer.stop()
+        await publisher.stop(client)
+
+
+async def _offer() -> str:
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return str(sdp)
+
+
+async def test_origin_crash_then_the_publisher_moves(
+    redis_server: RedisProcess, nodes: Callable[..., Node]
+) -> None:
+    a, b, c = (nodes(n, redis_server.url) for n in ("a", "b", "c"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        publisher = Publisher(a.url, "cam")
+        assert (await publisher.start(client)).status == 201
+        viewer = Viewer(c.url, "cam")
+        assert (await viewer.start(client)).status == 201
+        await viewer.wait_frames(video=30, timeout=30)
+
+        a.kill()
+        await publisher.stop()
+
+        async def a_is_gone() -> bool:
+            listed = await get(client, f"{b.url}/api/nodes")
+            streams = await get(client, f"{b.url}/api/streams")
+            return "a" not in {n["node_id"] for n in listed} and streams == []
+
+        gone = await until(a_is_gone, 10, "node a and its stream leave the registry")
+        print(f"origin killed: its node and stream records gone after {gone:.1f} s")
+
+        moved = Publisher(b.url, "cam")
+        assert (await moved.start(client)).status == 201
+        frames = viewer.video.frames
+        resumed = await until(
+            lambda: _true(viewer.video.frames >= frames + 30), 20, "the viewer on c resumes"
+        )
+        print(f"publisher moved to b: the viewer on c decoded 30 new frames {resumed:.1f} s later")
+        detail = await get(client, f"{c.url}/api/streams/cam")
+        assert detail["node"] == "b" and detail["relayed"] is True
+        await viewer.stop(client)
+        await moved.stop(client)
+
+
+async def test_redis_outage_keeps_streams_flowing_and_heals(
+    redis_server: RedisProcess, nodes: Callable[..., Node]
+) -> None:
+    a, b = (nodes(n, redis_server.url) for n in ("a", "b"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        publishers = [Publisher(a.url, name) for name in ("cam", "other")]
+        for publisher in publishers:
+            assert (await publisher.start(client)).status == 201
+        viewer = Viewer(b.url, "cam")
+        assert (await viewer.start(client)).status == 201
+        await viewer.wait_frames(video=30, timeout=30)
+
+        redis_server.stop()
+        outage = time.monotonic()
+
+        async def degraded() -> bool:
+            ready = await client.get(f"{b.url}/readyz")
+            return bool(ready.status_code == 200 and ready.json()["registry"] == "unavailable")
+
+        await until(degraded, 8, "readiness reports the registry unavailable")
+        late = Viewer(b.url, "other")  # published on a, never relayed to b yet
+        result = await late.start(client)
+        assert result.status == 503 and "retry-after" in result.headers, result.answer
+        await late.stop()
+        frames = viewer.video.frames
+        while time.monotonic() - outage < 10:  # the relayed stream never stops
+            before = viewer.video.frames
+            await viewer.wait_frames(video=before + 10, timeout=3)
+        assert viewer.video.frames >= frames + 200
+
+        redis_server.start()  # empty: the heartbeats rebuild it
+
+        async def healed() -> bool:
+            listed = await get(client, f"{b.url}/api/nodes")
+            streams = await get(client, f"{b.url}/api/streams")
+            return (
+                listed is not None
+                and sorted(n["node_id"] for n in listed) == ["a", "b"]
+                and {s["stream"] for s in streams} == {"cam", "other"}
+            )
+
+        healed_after = await until(healed, 10, "the registry is rebuilt by heartbeats")
+        print(f"redis back: registry rebuilt {healed_after:.1f} s later")
+        again = Viewer(b.url, "other")
+        assert (await again.start(client)).status == 201
+        await again.wait_frames(video=30, timeout=20)
+        for peer in (viewer, again):
+            await peer.stop(client)
+        for publisher in publishers:
+            await publisher.stop(client)
+
+
+async def _true(value: bool) -> bool:
+    return value
