@@ -17,8 +17,9 @@ import pytest
 from tests.support.nodes import Node, nodes
 from tests.support.peers import Publisher, Viewer
 from tests.support.redisproc import RedisProcess, redis_server
+from tests.test_player import FAKE_MEDIA, launch
 
-__all__ = ["nodes", "redis_server"]
+__all__ = ["launch", "nodes", "redis_server"]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -195,3 +196,40 @@ async def test_redis_outage_keeps_streams_flowing_and_heals(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_edge_relays_every_simulcast_layer_over_one_upstream(
+    redis_server: RedisProcess, nodes: Callable[..., Node], launch: Any
+) -> None:
+    a, b = (nodes(n, redis_server.url) for n in ("a", "b"))
+    browser = await launch(FAKE_MEDIA)
+    page = await (await browser.new_context()).new_page()
+    await page.goto(f"{a.url}/publish/sim")
+    await page.select_option("#resolution", "1280x720")
+    await page.wait_for_selector("#codec option[value=VP8]", state="attached", timeout=5000)
+    await page.select_option("#codec", "VP8")
+    await page.check("#simulcast")
+    await page.click("#go-live")
+    await page.locator("#live-indicator").wait_for(state="visible", timeout=15000)
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def three_layers() -> bool:
+            detail = await get(client, f"{a.url}/api/streams/sim")
+            video = [t for t in (detail or {}).get("tracks", []) if t["kind"] == "video"]
+            return bool(video) and sum(x["active"] for x in video[0]["layers"]) == 3
+
+        await until(three_layers, 20, "the publisher sends three layers")
+        viewers = {rid: Viewer(b.url, "sim", layer=rid) for rid in ("l", "h")}
+        for viewer in viewers.values():
+            assert (await viewer.start(client)).status == 201
+        await asyncio.gather(*(v.wait_frames(video=30, timeout=30) for v in viewers.values()))
+        assert viewers["l"].video.sizes == {(320, 180)}, viewers["l"].video.sizes
+        assert viewers["h"].video.sizes == {(1280, 720)}, viewers["h"].video.sizes
+        origin = await get(client, f"{a.url}/api/streams/sim")
+        assert origin["viewers"] == 1  # the edge's one upstream
+        edge = await get(client, f"{b.url}/api/streams/sim")
+        (video,) = [t for t in edge["tracks"] if t["kind"] == "video"]
+        assert sorted(x["rid"] for x in video["layers"]) == ["h", "l", "m"]
+        for viewer in viewers.values():
+            await viewer.stop(client)
+    await page.click("#stop")

@@ -32,7 +32,7 @@ BASE_FLAGS = [
     "--disable-features=WebRtcHideLocalIpsWithMdns",
     "--autoplay-policy=no-user-gesture-required",
 ]
-SESSION_URL = re.compile(r"/wh[ie]p/[A-Za-z0-9_-]+/[^/?]+$")
+SESSION_URL = re.compile(r"/wh[ie]p/[A-Za-z0-9_-]+/[^/?]+(/sse/[^/?]+)?$")
 FAKE_MEDIA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 FRAMES = "document.querySelector('whep-player').video.getVideoPlaybackQuality().totalVideoFrames"
 VIEWERS = """(n) => document.querySelector('whep-player').shadowRoot
@@ -68,7 +68,8 @@ class Problems:
         if message.type != "error":
             return
         # Chromium logs every 4xx; a player's DELETE of a session the server has already
-        # ended (its ICE failed first) is answered 404, as RFC 9725 says, and is no error.
+        # ended (its ICE failed first), or its next read of that session's event stream,
+        # is answered 404, as RFC 9725 says, and is no error.
         url = message.location.get("url", "")
         if "404" in message.text and SESSION_URL.search(url):
             return

@@ -41,7 +41,7 @@ from broadcast.http.common import (
 )
 from broadcast.media import aiortc_glue as glue
 from broadcast.media.hub import Hub
-from broadcast.media.relay import HOPS_HEADER
+from broadcast.media.relay import HOPS_HEADER, MAX_RELAYED_LAYERS
 from broadcast.media.session import Session
 from broadcast.protocol.links import ice_server_links
 from broadcast.protocol.offer import inspect_offer
@@ -142,7 +142,10 @@ class Endpoints:
         hops = self._authorize(request)
         require_media_type(request, SDP, header="Accept-Post")
         offer = await read_text_body(request, self.settings.max_body_bytes)
-        summary = inspect_offer(offer, role=self.role)
+        # Another node's upstream (hops > 0) takes one video section per simulcast layer.
+        summary = inspect_offer(
+            offer, role=self.role, video_sections=MAX_RELAYED_LAYERS if hops else 1
+        )
         if self.role == "whip":
             session: Session = await self.hub.publish(name, offer, summary.simulcast())
         else:

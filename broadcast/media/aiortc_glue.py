@@ -22,6 +22,7 @@ import aiortc.rtcrtpreceiver
 import aiortc.rtp
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
@@ -218,10 +219,15 @@ def shared_certificate() -> SharedCertificate:
     return _shared_certificate
 
 
-def new_peer_connection(ice_servers: list[RTCIceServer]) -> RTCPeerConnection:
+def new_peer_connection(
+    ice_servers: list[RTCIceServer], *, max_bundle: bool = False
+) -> RTCPeerConnection:
     """A peer connection that never contacts a public STUN server by default, with this
-    process's shared DTLS certificate (set before any transport exists)."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+    process's shared DTLS certificate (set before any transport exists). `max_bundle`: one
+    transport for every section we offer (RFC 9725 §4.4.1), which aiortc's default policy
+    gives only to the first section of each kind."""
+    policy = RTCBundlePolicy.MAX_BUNDLE if max_bundle else RTCBundlePolicy.BALANCED
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers), bundlePolicy=policy))
     pc._RTCPeerConnection__certificates = [shared_certificate()]  # type: ignore[attr-defined]
     return pc
 

@@ -149,6 +149,10 @@ class Hub:
             self._ended,
             layer=layer,
             on_switch=lambda reason: self.layer_switches.labels(reason).inc(),
+            relay_layers=hops > 0,
+            # An edge's several video sections share one transport (aiortc's default
+            # policy would give the later ones their own, never connected).
+            max_bundle=hops > 0,
         )
         await self._negotiate(session, offer_sdp)
         self.sessions[session.id] = session

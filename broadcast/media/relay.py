@@ -12,8 +12,10 @@ a new upstream is opened and local viewers resume at its first keyframe).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
@@ -21,19 +23,22 @@ from aiortc import RTCIceServer, RTCSessionDescription
 
 from broadcast.config import Settings
 from broadcast.errors import ServiceUnavailable
+from broadcast.media import aiortc_glue as glue
 from broadcast.media.publisher import PublisherSession
-from broadcast.media.session import Session
+from broadcast.media.session import Session, codec_specs
 from broadcast.registry.base import NodeInfo
+from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.stream import Stream
 from broadcast.tasks import spawn
 
-__all__ = ["HOPS_HEADER", "Relay", "UpstreamSession"]
+__all__ = ["HOPS_HEADER", "MAX_RELAYED_LAYERS", "Relay", "UpstreamSession"]
 
 logger = logging.getLogger(__name__)
 
 # How many relay hops the requesting node is from the origin (honoured with the cluster
 # secret only): an edge refuses to go past BROADCAST_RELAY_MAX_DEPTH.
 HOPS_HEADER = "X-Broadcast-Relay-Hops"
+MAX_RELAYED_LAYERS = 8  # video sections an upstream may ask for (RFC 8853 allows more)
 UPSTREAM_TIMEOUT = 5.0  # seconds for the origin to answer the upstream's offer
 
 
@@ -48,16 +53,26 @@ class UpstreamSession(PublisherSession):
         *,
         origin: NodeInfo,
     ) -> None:
-        super().__init__(stream, ice_servers, on_ended)
+        # One transport for all the sections it offers (one per layer).
+        super().__init__(stream, ice_servers, on_ended, max_bundle=True)
         self.origin = origin
         self.resource: str | None = None  # the session URL at the origin
+        self.rids: list[str] = []  # the simulcast layers relayed, one video section each
 
     async def open(self, client: httpx.AsyncClient, secret: str | None, hops: int) -> None:
-        """Offer to the origin's WHEP endpoint and apply its answer."""
-        for kind in ("audio", "video"):
-            self.pc.addTransceiver(kind, direction="recvonly")
+        """Offer to the origin's WHEP endpoint and apply its answer.
+
+        A simulcast stream's layers each get a video section (the origin pins them in
+        its layer order), so every layer reaches the edge and its viewers choose there.
+        """
+        base = self.origin.url.rstrip("/")
+        rids = await _layers(client, f"{base}/api/streams/{self.stream.name}")
+        self.rids = rids[:MAX_RELAYED_LAYERS]
+        self.pc.addTransceiver("audio", direction="recvonly")
+        for _ in range(max(1, len(self.rids))):
+            self.pc.addTransceiver("video", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        url = f"{self.origin.url.rstrip('/')}/whep/{self.stream.name}"
+        url = f"{base}/whep/{self.stream.name}"
         headers = {"Content-Type": "application/sdp", HOPS_HEADER: str(hops)}
         if secret is not None:
             headers["Authorization"] = f"Bearer {secret}"
@@ -73,6 +88,41 @@ class UpstreamSession(PublisherSession):
         self.resource = urljoin(url, response.headers.get("location", ""))
         await self.pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
         self.prepare()
+
+    def prepare(self) -> None:
+        """Feed the local stream from the answer's sections: audio, then one video
+        section per layer (or the one video)."""
+        loop = asyncio.get_event_loop()
+        layer_feeds = self.stream.set_layers(tuple(self.rids))
+        videos = [t for t in self.pc.getTransceivers() if t.kind == "video"]
+        for transceiver in self.pc.getTransceivers():
+            kind = transceiver.kind
+            feed = self.stream.feeds[kind]
+            if kind == "video" and self.rids:
+                feed = layer_feeds[self.rids[videos.index(transceiver)]]
+            feeds: dict[str | None, TrackFeed] = {None: feed}
+            receiver = transceiver.receiver
+            glue.tap_receiver(
+                receiver, self._rtp_handler(feeds), self._report_handler(feeds, loop), ()
+            )
+
+            def request_keyframe(ssrc: int, receiver: Any = receiver) -> None:
+                spawn(glue.request_keyframe(receiver, ssrc))
+
+            feed.attach_source(codec_specs(transceiver), request_keyframe)
+
+
+async def _layers(client: httpx.AsyncClient, url: str) -> list[str]:
+    """The origin's simulcast rids for a stream, in its order (empty: none, or unknown)."""
+    try:
+        response = await client.get(url, timeout=UPSTREAM_TIMEOUT)
+        tracks = response.json().get("tracks", []) if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError):
+        return []
+    for track in tracks:
+        if track.get("kind") == "video":
+            return [str(x["rid"]) for x in track.get("layers", []) if x.get("rid")]
+    return []
 
 
 class Relay:

@@ -57,11 +57,13 @@ class Session:
         stream: Stream,
         ice_servers: list[RTCIceServer],
         on_ended: Callable[[Session, str], None],
+        *,
+        max_bundle: bool = False,
     ) -> None:
         self.id = new_session_id()
         self.etag = new_etag()
         self.stream = stream
-        self.pc = glue.new_peer_connection(ice_servers)
+        self.pc = glue.new_peer_connection(ice_servers, max_bundle=max_bundle)
         self.created_at = time.time()
         self.created_loop_time = asyncio.get_event_loop().time()
         self.connected_at: float | None = None

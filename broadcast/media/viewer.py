@@ -44,10 +44,14 @@ class ViewerSession(Session):
         *args: Any,
         layer: str | None = None,
         on_switch: Callable[[str], None] = lambda reason: None,
+        relay_layers: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.layer = layer  # the simulcast rid asked for; None: the highest
+        # An edge's upstream (media/relay.py): its video sections carry one simulcast layer
+        # each, in the stream's layer order, so the edge can choose layers for its viewers.
+        self.relay_layers = relay_layers
         self._on_switch = on_switch  # told "down", "up" or "viewer" at each layer change
         self.downtracks: dict[str, DownTrack] = {}
         self._senders: dict[str, RTCRtpSender] = {}
@@ -57,7 +61,28 @@ class ViewerSession(Session):
         self._padding: asyncio.Task[None] | None = None
         self._report_mark = (0, 0)  # (packets, plis) of the video downtrack at the last RR
 
+    def _tracks(self) -> list[tuple[str, Any, str | None]]:
+        """(key, transceiver, pinned layer) per media section we send: keys are the kind,
+        then `video1`, `video2`... for an edge's further video sections, one per layer."""
+        out: list[tuple[str, Any, str | None]] = []
+        seen: dict[str, int] = {}
+        rids = list(self.stream.layers)
+        for transceiver in self.pc.getTransceivers():
+            kind = transceiver.kind
+            if kind not in self.stream.feeds:
+                continue
+            index = seen[kind] = seen.get(kind, -1) + 1
+            if index and not (kind == "video" and self.relay_layers):
+                continue
+            key = kind if index == 0 else f"{kind}{index}"
+            layer = self.layer
+            if kind == "video" and self.relay_layers and rids:
+                layer = rids[min(index, len(rids) - 1)]
+            out.append((key, transceiver, layer))
+        return out
+
     def prepare(self) -> None:
+        keys = {id(transceiver): key for key, transceiver, _ in self._tracks()}
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind not in self.stream.feeds:
                 continue
@@ -66,15 +91,15 @@ class ViewerSession(Session):
             sender._stream_id = self.stream.name
             # WHEP: the answer is sendonly even to a sendrecv offer.
             transceiver.direction = "sendonly"
-            sender_glue.tap_sender(sender, partial(self._on_rtcp, transceiver.kind))
+            key = keys.get(id(transceiver))
+            if key is not None:
+                sender_glue.tap_sender(sender, partial(self._on_rtcp, key))
 
     def on_connected(self) -> None:
         if self.ended:
             return
-        for transceiver in self.pc.getTransceivers():
+        for key, transceiver, layer in self._tracks():
             kind = transceiver.kind
-            if kind not in self.stream.feeds:
-                continue
             sink = sender_glue.rtp_sink(transceiver.sender.transport)
             if sink is None:
                 self.end("transport not usable after connecting")
@@ -91,10 +116,13 @@ class ViewerSession(Session):
                 request_keyframe=feed.request_keyframe,
                 abs_send_time_id=extensions.get(ABS_SEND_TIME_URI),
             )
-            self.downtracks[kind] = downtrack
-            self._senders[kind] = sender
+            self.downtracks[key] = downtrack
+            self._senders[key] = sender
             report = partial(sender_glue.feed_sender_report, sender)
-            self.stream.subscribe(self, kind, downtrack, report, layer=self.layer)
+            viewer: object = self if key == kind else (self, key)
+            if key == "video" and self.relay_layers:
+                self.layer = layer  # pinned: no automatic choice for an edge
+            self.stream.subscribe(viewer, kind, downtrack, report, layer=layer)
         self._connected_wall = time.monotonic()
 
     def set_layer(self, rid: str | None) -> None:
@@ -188,6 +216,9 @@ class ViewerSession(Session):
         if self._padding is not None:
             self._padding.cancel()
         self.stream.unsubscribe(self)
+        for key, downtrack in self.downtracks.items():
+            if key != downtrack.kind:
+                self.stream.unsubscribe((self, key))
         for downtrack in self.downtracks.values():
             downtrack.send = _discard
 

@@ -308,7 +308,9 @@ def _codecs(s: _Section) -> tuple[OfferCodec, ...]:
     return tuple(codecs)
 
 
-def inspect_offer(sdp: str | bytes, *, role: Literal["whip", "whep"]) -> OfferSummary:
+def inspect_offer(
+    sdp: str | bytes, *, role: Literal["whip", "whep"], video_sections: int = 1
+) -> OfferSummary:
     """Validate an offer POSTed to a WHIP (publish) or WHEP (play) endpoint and summarise it.
 
     Raises only `MalformedSdp` (400) and `UnprocessableContent` (422); see the module doc.
@@ -340,7 +342,9 @@ def inspect_offer(sdp: str | bytes, *, role: Literal["whip", "whep"]) -> OfferSu
         if _missing(s, session):  # JSEP (RFC 9429 §5.2.1) leaves them off bundle-only m-lines
             raise UnprocessableContent(f"{s.name} is bundle-only without {_missing(s, session)}")
     for kind in ("audio", "video", "application"):
-        if sum(s.kind == kind for s in sections) > 1:
+        # An edge node's upstream asks for one video section per simulcast layer.
+        most = video_sections if kind == "video" else 1
+        if sum(s.kind == kind for s in sections) > most:
             raise UnprocessableContent(f"more than one {kind} m-line; send one track per kind")
     if not any(s.kind in ("audio", "video") for s in sections):
         raise UnprocessableContent("the offer has neither an audio nor a video m-line")

@@ -58,7 +58,8 @@ class Stream:
 
     @property
     def viewer_count(self) -> int:
-        return len(self.subscriptions)
+        # An edge's upstream subscribes its further video sections as (session, key).
+        return sum(not isinstance(viewer, tuple) for viewer in self.subscriptions)
 
     def set_publisher(self, publisher: object | None) -> None:
         self.publisher = publisher
