@@ -72,6 +72,16 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @model_validator(mode="after")
+    def _relay_needs_the_secret(self) -> Settings:
+        if self.redis_url and self.cluster_mode == "relay" and self.cluster_secret is None:
+            raise ValueError(
+                "BROADCAST_CLUSTER_MODE=relay with BROADCAST_REDIS_URL needs "
+                "BROADCAST_CLUSTER_SECRET (the same on every node): edges authenticate their "
+                "upstream sessions with it"
+            )
+        return self
+
     @field_validator("ice_servers")
     @classmethod
     def _check_ice_urls(cls, value: list[str]) -> list[str]:

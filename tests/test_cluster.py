@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.nodes import Node, nodes
+from tests.support.nodes import SECRET, Node, nodes
 from tests.support.peers import Publisher, Viewer
 from tests.support.redisproc import RedisProcess, redis_server
 from tests.test_player import FAKE_MEDIA, launch
@@ -67,6 +67,8 @@ async def test_viewers_on_any_node_share_one_upstream_per_edge(
         second = Publisher(b.url, "cam")
         assert (await second.start(client)).status == 409
         await second.stop()
+        # ...and b's viewers go on receiving the relayed stream.
+        await viewers[0].wait_frames(video=viewers[0].video.frames + 30, timeout=10)
         for viewer in viewers:
             await viewer.stop(client)
         await publisher.stop(client)
@@ -233,3 +235,30 @@ async def test_an_edge_relays_every_simulcast_layer_over_one_upstream(
         for viewer in viewers.values():
             await viewer.stop(client)
     await page.click("#stop")
+
+
+async def test_only_the_cluster_secret_may_name_relay_hops(make_server: Any) -> None:
+    server = await make_server(cluster_secret=SECRET, viewer_token="viewer")
+    offer = await _offer()
+    sdp = {"Content-Type": "application/sdp"}
+
+    async def post(token: str, hops: str) -> httpx.Response:
+        headers = {
+            k: v.encode("latin-1")  # the bytes as sent, non-ASCII ones included
+            for k, v in (
+                sdp | {"Authorization": f"Bearer {token}", "X-Broadcast-Relay-Hops": hops}
+            ).items()
+        }
+        response: httpx.Response = await server.client.post(
+            "/whep/cam", content=offer, headers=headers
+        )
+        return response
+
+    assert (await post(SECRET, "²")).status_code == 400  # a digit, but not an ASCII one
+    assert (await post(SECRET, "99")).status_code == 400
+    assert (await post("wrong", "0")).status_code == 401
+    # The viewer token plays; its hops header is ignored (it is no node of the cluster).
+    assert (await post("viewer", "1")).status_code == 201
+    # Another node, three hops from the origin: past BROADCAST_RELAY_MAX_DEPTH? Not for a
+    # stream this node has; the depth only limits relaying further.
+    assert (await post(SECRET, "3")).status_code == 201

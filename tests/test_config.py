@@ -59,3 +59,10 @@ def test_empty_tokens_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROADCAST_VIEWER_TOKEN", "  ")
     settings = load_settings()
     assert settings.publish_token is None and settings.viewer_token is None
+
+
+def test_a_relaying_cluster_needs_the_cluster_secret() -> None:
+    with pytest.raises(ValidationError, match="BROADCAST_CLUSTER_SECRET"):
+        Settings(redis_url="redis://127.0.0.1:6379/0")
+    assert Settings(redis_url="redis://r:6379/0", cluster_secret="s").cluster_secret == "s"
+    assert Settings(redis_url="redis://r:6379/0", cluster_mode="redirect").cluster_secret is None

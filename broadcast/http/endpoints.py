@@ -171,7 +171,7 @@ class Endpoints:
         secret = self.settings.cluster_secret
         if self.role == "whep" and secret is not None and bearer_is(request, secret):
             value = request.headers.get(HOPS_HEADER, "0")
-            if not value.isdigit() or int(value) > 64:
+            if not (value.isascii() and value.isdigit()) or int(value) > 64:
                 raise BadRequest(f"{HOPS_HEADER} must be a small non-negative integer")
             return int(value)
         check_bearer(request, self.token)

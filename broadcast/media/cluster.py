@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from broadcast.config import Settings
 from broadcast.errors import ServiceUnavailable, TemporaryRedirect
@@ -28,6 +28,7 @@ from broadcast.registry.base import (
     StreamRegistry,
 )
 from broadcast.sfu.stream import Stream
+from broadcast.tasks import spawn
 
 __all__ = ["Cluster"]
 
@@ -54,23 +55,37 @@ class Cluster:
         self._egress_octets = egress_octets
         self.available = True  # the registry answered the last heartbeat
         self.draining = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._opening: set[str] = set()  # streams whose upstream is being opened
+        self._missing: dict[str, int] = {}  # relayed streams: beats their claim was absent
         self._mark = (time.monotonic(), egress_octets(), _cpu_seconds())
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        # Two loops: a slow origin must never delay the heartbeat past the claims' TTL.
+        self._tasks = [
+            asyncio.ensure_future(self._every(self.beat, "cluster heartbeat")),
+            asyncio.ensure_future(self._every(self._tend_relays, "relay upkeep")),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop beating, close the upstreams, give this node's claims back (a publisher
+        that reconnects elsewhere need not wait for them to expire)."""
+        for task in self._tasks:
+            task.cancel()
         await self.relay.aclose()
+        for info in self.published():
+            try:
+                await self.registry.release(info.stream, self.node_id)
+            except RegistryUnavailable:
+                break
 
-    async def _run(self) -> None:
+    @staticmethod
+    async def _every(step: Callable[[], Awaitable[None]], what: str) -> None:
         while True:
             try:
-                await self.beat()
+                await step()
             except Exception:
-                logger.exception("cluster heartbeat failed")
+                logger.exception("%s failed", what)
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def node_info(self) -> NodeInfo:
@@ -106,7 +121,7 @@ class Cluster:
         return out
 
     async def beat(self) -> None:
-        """One heartbeat, then the relays' upkeep."""
+        """One heartbeat: this node's record, its streams' records and claims."""
         try:
             lost = await self.registry.heartbeat(self.node_info(), self.published())
             for name in lost:
@@ -117,34 +132,44 @@ class Cluster:
             if self.available:
                 logger.warning("registry unavailable: %s", exc.detail)
             self.available = False
-            return
-        await self._tend_relays()
 
     async def _tend_relays(self) -> None:
-        """Follow origins that moved; serve viewers waiting for a stream published
-        elsewhere; close upstreams nobody watches."""
+        """Close upstreams nobody watches; follow origins that moved; serve viewers
+        waiting for a stream published elsewhere (each upstream opened on its own)."""
         self.relay.expire(asyncio.get_event_loop().time())
-        for stream in list(self._streams()):
+        streams = list(self._streams())
+        names = {s.name for s in streams}
+        self._missing = {n: k for n, k in self._missing.items() if n in names}
+        for stream in streams:
             publisher = stream.publisher
             relayed = isinstance(publisher, UpstreamSession)
             if publisher is not None and not relayed:
                 continue
-            if not relayed and not self._viewers_of(stream):
+            if (not relayed and not self._viewers_of(stream)) or stream.name in self._opening:
                 continue
-            origin = await self.origin_of(stream.name)
+            try:
+                origin = await self.origin_of(stream.name)
+            except RegistryUnavailable:
+                return  # keep what flows; look again when the registry answers
             if origin is None:
-                if relayed:
+                # Absent twice in a row: a claim being taken again after Redis came back
+                # empty, or one late heartbeat, is no reason to cut the viewers off.
+                missing = self._missing[stream.name] = self._missing.get(stream.name, 0) + 1
+                if relayed and missing >= 2:
                     self.relay.close(stream.name, "the origin no longer has the stream")
                 continue
+            self._missing.pop(stream.name, None)
             if self.settings.cluster_mode == "relay":
-                try:
-                    await self.relay.ensure(stream.name, origin, 0)
-                except ServiceUnavailable as exc:
-                    logger.info("cannot relay %s yet: %s", stream.name, exc.detail)
+                self._opening.add(stream.name)
+                spawn(self._open(stream.name, origin))
 
-    def settings_mode(self) -> str:
-        mode: str = self.settings.cluster_mode
-        return mode
+    async def _open(self, name: str, origin: NodeInfo) -> None:
+        try:
+            await self.relay.ensure(name, origin, 0)
+        except ServiceUnavailable as exc:
+            logger.info("cannot relay %s yet: %s", name, exc.detail)
+        finally:
+            self._opening.discard(name)
 
     async def origin_of(self, name: str) -> NodeInfo | None:
         """The live node, other than this one, that `name` is published on."""

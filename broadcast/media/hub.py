@@ -123,7 +123,9 @@ class Hub:
             await self._negotiate(session, offer_sdp)
         except BaseException:
             if stream.publisher is session:
-                stream.set_publisher(None)
+                # A stream relayed here goes on being relayed to its viewers.
+                relayed = isinstance(current, UpstreamSession) and not current.ended
+                stream.set_publisher(current if relayed else None)
             await session.pc.close()
             raise
         self.sessions[session.id] = session
@@ -215,7 +217,7 @@ class Hub:
     async def _release(self, name: str) -> None:
         await self.registry.release(name, self.settings.node_id)
         stream = self.streams.get(name)
-        if stream is not None and stream.live:
+        if stream is not None and stream.live and not isinstance(stream.publisher, UpstreamSession):
             # Published again while the release was in flight: take the claim back.
             await self.registry.claim(name, self.settings.node_id)
 

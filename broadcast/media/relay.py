@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 # secret only): an edge refuses to go past BROADCAST_RELAY_MAX_DEPTH.
 HOPS_HEADER = "X-Broadcast-Relay-Hops"
 MAX_RELAYED_LAYERS = 8  # video sections an upstream may ask for (RFC 8853 allows more)
-UPSTREAM_TIMEOUT = 5.0  # seconds for the origin to answer the upstream's offer
+UPSTREAM_TIMEOUT = 5.0  # seconds for each HTTP exchange with the origin
+OPEN_TIMEOUT = 10.0  # seconds for an upstream to be negotiated, all steps together
 
 
 class UpstreamSession(PublisherSession):
@@ -86,6 +87,8 @@ class UpstreamSession(PublisherSession):
                 retry_after=2,
             )
         self.resource = urljoin(url, response.headers.get("location", ""))
+        if self.ended:  # closed while the origin answered: do not touch the stream
+            raise ServiceUnavailable("the upstream was closed while opening", retry_after=2)
         await self.pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
         self.prepare()
 
@@ -141,6 +144,7 @@ class Relay:
         self._viewers_of = viewers_of
         self.upstreams: dict[str, UpstreamSession] = {}
         self._unwatched_since: dict[str, float] = {}
+        self._deletes: set[asyncio.Task[None]] = set()
         self._client = httpx.AsyncClient()
 
     async def ensure(self, name: str, origin: NodeInfo, hops: int) -> None:
@@ -159,7 +163,7 @@ class Relay:
                 retry_after=5,
             )
         if upstream is not None:
-            self.close(name, "the stream moved to another origin")
+            upstream.end("the stream moved to another origin")
         stream = self._stream_for(name)
         if stream.publisher is not None and not isinstance(stream.publisher, UpstreamSession):
             return  # published here meanwhile
@@ -167,11 +171,14 @@ class Relay:
         # Set before the first await: viewers arriving meanwhile share this upstream.
         stream.set_publisher(upstream)
         self.upstreams[name] = upstream
+        self._unwatched_since.pop(name, None)
         try:
-            await upstream.open(self._client, self.settings.cluster_secret, hops + 1)
-        except Exception as exc:
-            self.close(name, f"opening failed: {exc}")
-            if isinstance(exc, ServiceUnavailable):
+            await asyncio.wait_for(
+                upstream.open(self._client, self.settings.cluster_secret, hops + 1), OPEN_TIMEOUT
+            )
+        except BaseException as exc:  # cancelled too: never leave a half-open upstream
+            upstream.end(f"opening failed: {exc!r}")
+            if isinstance(exc, ServiceUnavailable | asyncio.CancelledError):
                 raise
             raise ServiceUnavailable(
                 f"the origin node {origin.node_id} cannot be reached: {type(exc).__name__}",
@@ -180,13 +187,22 @@ class Relay:
         logger.info("relaying %s from %s (%s)", name, origin.node_id, origin.url)
 
     def close(self, name: str, reason: str) -> None:
-        upstream = self.upstreams.pop(name, None)
-        self._unwatched_since.pop(name, None)
-        if upstream is None:
-            return
-        upstream.end(reason)
-        if upstream.resource is not None:
-            spawn(self._delete(upstream.resource))
+        upstream = self.upstreams.get(name)
+        if upstream is not None:
+            upstream.end(reason)
+
+    def _ended(self, session: Session, reason: str) -> None:
+        """An upstream ended (closed here, failed, or the origin closed it): forget it and
+        end its session at the origin."""
+        name = session.stream.name
+        if self.upstreams.get(name) is session:
+            del self.upstreams[name]
+            self._unwatched_since.pop(name, None)
+        assert isinstance(session, UpstreamSession)
+        if session.resource is not None:
+            task = asyncio.ensure_future(self._delete(session.resource))
+            self._deletes.add(task)
+            task.add_done_callback(self._deletes.discard)
 
     async def _delete(self, url: str) -> None:
         headers = {}
@@ -194,12 +210,8 @@ class Relay:
             headers["Authorization"] = f"Bearer {self.settings.cluster_secret}"
         try:
             await self._client.delete(url, headers=headers, timeout=UPSTREAM_TIMEOUT)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, RuntimeError) as exc:
             logger.info("upstream DELETE %s failed: %s", url, exc)
-
-    def _ended(self, session: Session, reason: str) -> None:
-        if self.upstreams.get(session.stream.name) is session:
-            self.upstreams.pop(session.stream.name, None)
 
     def expire(self, now: float) -> None:
         """Close upstreams that have had no local viewer for `relay_grace` seconds."""
@@ -214,4 +226,6 @@ class Relay:
     async def aclose(self) -> None:
         for name in list(self.upstreams):
             self.close(name, "server shutting down")
+        if self._deletes:
+            await asyncio.wait(self._deletes, timeout=UPSTREAM_TIMEOUT)
         await self._client.aclose()

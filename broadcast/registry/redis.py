@@ -31,12 +31,13 @@ fresh connections on the next call, so the same object works once Redis is back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 from redis import exceptions as rex
@@ -97,6 +98,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _UNAVAILABLE_OR_CLUSTER: tuple[type[BaseException], ...] = (
     *_UNAVAILABLE,
     rex.RedisClusterException,
+    rex.RedisError,  # OOM, NOPERM, MISCONF...: the registry cannot serve us either
 )
 
 
@@ -285,35 +287,59 @@ class RedisRegistry:
         return cast("list[str]", await self._client.zrangebyscore(index, now_ms, "+inf"))
 
     async def _records(self, keys: list[str]) -> list[dict[str, Any]]:
+        """The JSON records at `keys` that exist and parse (others are skipped: a node of
+        another version may write fields this one does not know)."""
         if not keys:
             return []
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
             pipe.get(key)
         raws: list[str | None] = await pipe.execute()
-        return [json.loads(raw) for raw in raws if raw is not None]
+        records = []
+        for raw in raws:
+            if raw is None:
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     async def nodes(self) -> list[NodeInfo]:
         with self._guard():
             ids = await self._live(node_index_key(self._prefix))
             records = await self._records([node_key(self._prefix, i) for i in ids])
-        return [NodeInfo(**r) for r in records]
+        return [n for r in records if (n := _build(NodeInfo, r)) is not None]
 
     async def node(self, node_id: str) -> NodeInfo | None:
         with self._guard():
             records = await self._records([node_key(self._prefix, node_id)])
-        return NodeInfo(**records[0]) if records else None
+        return _build(NodeInfo, records[0]) if records else None
 
     async def streams(self) -> list[StreamInfo]:
         with self._guard():
             names = await self._live(stream_index_key(self._prefix))
             records = await self._records([stream_info_key(self._prefix, n) for n in names])
         for r in records:  # JSON has lists
-            r["codecs"], r["layers"] = tuple(r["codecs"]), tuple(r["layers"])
-        return [StreamInfo(**r) for r in records]
+            r["codecs"], r["layers"] = tuple(r.get("codecs", ())), tuple(r.get("layers", ()))
+        return [i for r in records if (i := _build(StreamInfo, r)) is not None]
 
     async def close(self) -> None:
         await self._client.aclose()
         if self._sentinel is not None:
             for conn in self._sentinel.sentinels:
                 await conn.aclose()
+
+
+_Record = TypeVar("_Record", NodeInfo, StreamInfo)
+
+
+def _build(cls: type[_Record], record: dict[str, Any]) -> _Record | None:
+    """`cls` from the record's known fields; None if a required one is missing."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in record.items() if k in known})
+    except TypeError:
+        return None
