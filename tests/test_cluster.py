@@ -262,3 +262,32 @@ async def test_only_the_cluster_secret_may_name_relay_hops(make_server: Any) -> 
     # Another node, three hops from the origin: past BROADCAST_RELAY_MAX_DEPTH? Not for a
     # stream this node has; the depth only limits relaying further.
     assert (await post(SECRET, "3")).status_code == 201
+
+
+async def test_a_publisher_leaving_and_coming_back_reaches_edge_viewers(
+    redis_server: RedisProcess, nodes: Callable[..., Node]
+) -> None:
+    a, b = (nodes(n, redis_server.url) for n in ("a", "b"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        publisher = Publisher(a.url, "cam")
+        assert (await publisher.start(client)).status == 201
+        viewer = Viewer(b.url, "cam")
+        assert (await viewer.start(client)).status == 201
+        await viewer.wait_frames(video=30, timeout=30)
+        await publisher.stop(client)  # DELETE: the origin keeps the claim for its grace
+
+        async def edge_inactive() -> bool:
+            detail = await get(client, f"{b.url}/api/streams/cam")
+            return detail is not None and detail["live"] is False
+
+        inactive = await until(edge_inactive, 15, "the edge sees the stream inactive")
+        print(f"publisher left: the edge's stream inactive {inactive:.1f} s later")
+        again = Publisher(a.url, "cam")
+        assert (await again.start(client)).status == 201
+        frames = viewer.video.frames
+        resumed = await until(
+            lambda: _true(viewer.video.frames >= frames + 30), 20, "the edge viewer resumes"
+        )
+        print(f"publisher back: the edge viewer decoded 30 new frames {resumed:.1f} s later")
+        await viewer.stop(client)
+        await again.stop(client)

@@ -140,6 +140,13 @@ class Cluster:
         streams = list(self._streams())
         names = {s.name for s in streams}
         self._missing = {n: k for n, k in self._missing.items() if n in names}
+        try:
+            # Published right now: an origin writes a stream's record while its publisher
+            # is connected, so a publisher gone (even within its grace) ends the relay,
+            # and the edge's viewers see the stream inactive, as the origin's do.
+            published = {info.stream for info in await self.registry.streams()}
+        except RegistryUnavailable:
+            return  # keep what flows; look again when the registry answers
         for stream in streams:
             publisher = stream.publisher
             relayed = isinstance(publisher, UpstreamSession)
@@ -151,12 +158,12 @@ class Cluster:
                 origin = await self.origin_of(stream.name)
             except RegistryUnavailable:
                 return  # keep what flows; look again when the registry answers
-            if origin is None:
+            if origin is None or stream.name not in published:
                 # Absent twice in a row: a claim being taken again after Redis came back
                 # empty, or one late heartbeat, is no reason to cut the viewers off.
                 missing = self._missing[stream.name] = self._missing.get(stream.name, 0) + 1
                 if relayed and missing >= 2:
-                    self.relay.close(stream.name, "the origin no longer has the stream")
+                    self.relay.close(stream.name, "the origin no longer publishes the stream")
                 continue
             self._missing.pop(stream.name, None)
             if self.settings.cluster_mode == "relay":
