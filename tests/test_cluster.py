@@ -17,7 +17,8 @@ import pytest
 from tests.support.nodes import SECRET, Node, nodes
 from tests.support.peers import Publisher, Viewer
 from tests.support.redisproc import RedisProcess, redis_server
-from tests.test_player import FAKE_MEDIA, launch
+from tests.test_player import launch
+from tests.test_simulcast import publish_simulcast_page
 
 __all__ = ["launch", "nodes", "redis_server"]
 
@@ -131,12 +132,7 @@ async def test_origin_crash_then_the_publisher_moves(
         gone = await until(a_is_gone, 10, "node a and its stream leave the registry")
         print(f"origin killed: its node and stream records gone after {gone:.1f} s")
 
-        moved = Publisher(b.url, "cam")
-        assert (await moved.start(client)).status == 201
-        frames = viewer.video.frames
-        resumed = await until(
-            lambda: _true(viewer.video.frames >= frames + 30), 20, "the viewer on c resumes"
-        )
+        moved, resumed = await publish_and_resume(client, b.url, viewer)
         print(f"publisher moved to b: the viewer on c decoded 30 new frames {resumed:.1f} s later")
         detail = await get(client, f"{c.url}/api/streams/cam")
         assert detail["node"] == "b" and detail["relayed"] is True
@@ -196,23 +192,25 @@ async def test_redis_outage_keeps_streams_flowing_and_heals(
             await publisher.stop(client)
 
 
-async def _true(value: bool) -> bool:
-    return value
+async def publish_and_resume(
+    client: httpx.AsyncClient, node_url: str, viewer: Viewer
+) -> tuple[Publisher, float]:
+    """Publish `cam` on a node; the seconds until `viewer` decoded 30 more frames."""
+    publisher = Publisher(node_url, "cam")
+    assert (await publisher.start(client)).status == 201
+    frames = viewer.video.frames
+
+    async def resumed() -> bool:
+        return viewer.video.frames >= frames + 30
+
+    return publisher, await until(resumed, 20, "the viewer resumes")
 
 
 async def test_an_edge_relays_every_simulcast_layer_over_one_upstream(
     redis_server: RedisProcess, nodes: Callable[..., Node], launch: Any
 ) -> None:
     a, b = (nodes(n, redis_server.url) for n in ("a", "b"))
-    browser = await launch(FAKE_MEDIA)
-    page = await (await browser.new_context()).new_page()
-    await page.goto(f"{a.url}/publish/sim")
-    await page.select_option("#resolution", "1280x720")
-    await page.wait_for_selector("#codec option[value=VP8]", state="attached", timeout=5000)
-    await page.select_option("#codec", "VP8")
-    await page.check("#simulcast")
-    await page.click("#go-live")
-    await page.locator("#live-indicator").wait_for(state="visible", timeout=15000)
+    page, _ = await publish_simulcast_page(launch, f"{a.url}/publish/sim")
     async with httpx.AsyncClient(timeout=10) as client:
 
         async def three_layers() -> bool:
@@ -282,12 +280,7 @@ async def test_a_publisher_leaving_and_coming_back_reaches_edge_viewers(
 
         inactive = await until(edge_inactive, 15, "the edge sees the stream inactive")
         print(f"publisher left: the edge's stream inactive {inactive:.1f} s later")
-        again = Publisher(a.url, "cam")
-        assert (await again.start(client)).status == 201
-        frames = viewer.video.frames
-        resumed = await until(
-            lambda: _true(viewer.video.frames >= frames + 30), 20, "the edge viewer resumes"
-        )
+        again, resumed = await publish_and_resume(client, a.url, viewer)
         print(f"publisher back: the edge viewer decoded 30 new frames {resumed:.1f} s later")
         await viewer.stop(client)
         await again.stop(client)

@@ -14,7 +14,8 @@ from tests.support.peers import Viewer
 from tests.test_player import FAKE_MEDIA, Problems, launch
 from tests.test_simulcast_sdp import CHROMIUM_OFFER
 
-__all__ = ["go_live_with_simulcast", "launch"]  # launch: the Chromium fixture (test_player.py)
+# launch: the Chromium fixture (test_player.py)
+__all__ = ["go_live_with_simulcast", "launch", "publish_simulcast_page"]
 
 pytestmark = pytest.mark.timeout(180)  # make test installs chromium; no skip if it is missing
 
@@ -53,19 +54,26 @@ async def _layers_event_lists(server: Any, viewer: Viewer) -> None:
     assert sorted(x["id"] for x in info["active"]) == sorted(LAYERS)
 
 
-async def go_live_with_simulcast(server: Any, launch: Any, name: str) -> tuple[Any, Problems]:
-    """Chromium publishes `name` with three VP8 layers from a 1280x720 fake camera; returns
-    (page, problems) once all three are sending."""
+async def publish_simulcast_page(launch: Any, url: str) -> tuple[Any, Problems]:
+    """Chromium's publisher page at `url` goes live with VP8 simulcast from a 1280x720
+    fake camera; returns (page, problems) once the page says it is live."""
     browser = await launch(FAKE_MEDIA)
     page = await (await browser.new_context()).new_page()
     problems = Problems(page)
-    await page.goto(f"{server.base_url}/publish/{name}")
+    await page.goto(url)
     await page.select_option("#resolution", "1280x720")
     await page.wait_for_selector("#codec option[value=VP8]", state="attached", timeout=5000)
     await page.select_option("#codec", "VP8")
     await page.check("#simulcast")
     await page.click("#go-live")
     await page.locator("#live-indicator").wait_for(state="visible", timeout=15000)
+    return page, problems
+
+
+async def go_live_with_simulcast(server: Any, launch: Any, name: str) -> tuple[Any, Problems]:
+    """Chromium publishes `name` with three VP8 layers from a 1280x720 fake camera; returns
+    (page, problems) once all three are sending."""
+    page, problems = await publish_simulcast_page(launch, f"{server.base_url}/publish/{name}")
     live = time.monotonic()
     (publisher,) = [s for s in server.hub.sessions.values() if s.role == "whip"]
     assert "a=simulcast:recv l;m;h" in publisher.answer
