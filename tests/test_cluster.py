@@ -60,6 +60,9 @@ async def test_viewers_on_any_node_share_one_upstream_per_edge(
             detail = await get(client, f"{edge.url}/api/streams/cam")
             assert detail["relayed"] is True and detail["node"] == "a", detail
             assert detail["viewers"] == count
+        metrics = (await client.get(f"{b.url}/metrics")).text
+        assert "broadcast_relay_upstreams 1.0" in metrics
+        assert "broadcast_registry_up 1.0" in metrics
         listed = await get(client, f"{c.url}/api/nodes")
         assert sorted(n["node_id"] for n in listed) == ["a", "b", "c"]
         assert {n["node_id"]: n["url"] for n in listed}["a"] == a.url

@@ -57,7 +57,15 @@ class HubCollector(Collector):
         for kind in ("audio", "video"):
             packets = sum(f.packets for s in self.hub.streams.values() for f in s.track_feeds(kind))
             ingest.add_metric([kind], packets)
-        yield from (streams, sessions, ingest, *self._viewer_layers())
+        relays = GaugeMetricFamily(
+            "broadcast_relay_upstreams", "Streams this node relays from another (origin) node"
+        )
+        relays.add_metric([], len(self.hub.relay.upstreams))
+        registry = GaugeMetricFamily(
+            "broadcast_registry_up", "1 while the stream registry answered the last heartbeat"
+        )
+        registry.add_metric([], int(self.hub.cluster.available))
+        yield from (streams, sessions, ingest, relays, registry, *self._viewer_layers())
 
     def _viewer_layers(self) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
         """Which layer viewers receive and what the ABR policy estimates their links carry.
