@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     cluster_secret: str | None = None
     relay_grace: float = Field(default=10.0, ge=0)  # upstream kept this long without viewers
     relay_max_depth: int = Field(default=3, ge=1, le=16)  # relay hops a stream may cross
+    # Upstream sessions one node serves per stream before new edges pull from edges.
+    relay_fanout: int = Field(default=8, ge=1, le=1000)
     publish_token: str | None = None
     viewer_token: str | None = None
     ice_servers: CommaList = []

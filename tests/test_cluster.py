@@ -287,3 +287,34 @@ async def test_a_publisher_leaving_and_coming_back_reaches_edge_viewers(
         print(f"publisher back: the edge viewer decoded 30 new frames {resumed:.1f} s later")
         await viewer.stop(client)
         await again.stop(client)
+
+
+async def test_edges_pull_from_edges_once_the_origin_feeds_enough(
+    redis_server: RedisProcess, nodes: Callable[..., Node]
+) -> None:
+    # Each node feeds at most one other: a chain a -> b -> c, within the depth limit.
+    a, b, c = (nodes(n, redis_server.url, relay_fanout="1") for n in ("a", "b", "c"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        publisher = Publisher(a.url, "cam")
+        assert (await publisher.start(client)).status == 201
+        first = Viewer(b.url, "cam")
+        assert (await first.start(client)).status == 201
+        await first.wait_frames(video=30, timeout=30)
+
+        async def records_show_the_relay() -> bool:
+            listed = {n["node_id"]: n for n in await get(client, f"{c.url}/api/nodes")}
+            return [list(x) for x in listed["a"]["sources"]] == [["cam", 0, 1]] and [
+                list(x) for x in listed["b"]["sources"]
+            ] == [["cam", 1, 0]]
+
+        await until(records_show_the_relay, 10, "the heartbeats show a feeding b")
+        second = Viewer(c.url, "cam")
+        assert (await second.start(client)).status == 201
+        await second.wait_frames(video=30, timeout=30)
+        edge = await get(client, f"{c.url}/api/streams/cam")
+        assert (edge["node"], edge["relayed_from"]) == ("a", "b"), edge
+        origin = await get(client, f"{a.url}/api/streams/cam")
+        assert origin["viewers"] == 1  # only b's upstream
+        for viewer in (first, second):
+            await viewer.stop(client)
+        await publisher.stop(client)

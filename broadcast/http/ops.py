@@ -245,6 +245,10 @@ class Ops:
             if isinstance(publisher, UpstreamSession)
             else self.node_id,
             "relayed": relayed,
+            # The node this one pulls the stream from: the origin, or another edge.
+            "relayed_from": publisher.source.node_id
+            if isinstance(publisher, UpstreamSession)
+            else None,
             "live": stream.live,
             "publisher": getattr(publisher, "id", None),
             "viewers": stream.viewer_count,

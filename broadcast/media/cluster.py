@@ -44,6 +44,7 @@ class Cluster:
         streams: Callable[[], Iterable[Stream]],
         viewers_of: Callable[[Stream], int],
         egress_octets: Callable[[], int],
+        served: Callable[[Stream], int],
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -53,6 +54,7 @@ class Cluster:
         self._streams = streams
         self._viewers_of = viewers_of
         self._egress_octets = egress_octets
+        self._served = served  # upstream sessions of other nodes on a stream here
         self.available = True  # the registry answered the last heartbeat
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,7 +103,41 @@ class Cluster:
             egress_bps=(octets - octets_then) * 8 / elapsed,
             cpu=(cpu - cpu_then) / elapsed,
             draining=self.draining,
+            sources=tuple(self._sources()),
         )
+
+    def _sources(self) -> list[tuple[str, int, int]]:
+        """The streams other nodes may pull from here: published here (0 hops), or relayed
+        here and flowing (the upstream's hops)."""
+        out = []
+        for stream in self._streams():
+            publisher = stream.publisher
+            if isinstance(publisher, UpstreamSession):
+                if publisher.connected_at is not None and not publisher.ended:
+                    out.append((stream.name, publisher.hops, self._served(stream)))
+            elif isinstance(publisher, PublisherSession):
+                out.append((stream.name, 0, self._served(stream)))
+        return out
+
+    async def source_for(self, name: str, origin: NodeInfo) -> tuple[NodeInfo, int]:
+        """Where to pull `name` from, and that node's hops from the origin: the origin
+        while it serves fewer than BROADCAST_RELAY_FANOUT upstreams of the stream, else
+        the nearest, least busy edge that still has room (a tree: each node feeds a few,
+        so a stream reaches thousands of viewers), within BROADCAST_RELAY_MAX_DEPTH."""
+        candidates: list[tuple[bool, int, int, NodeInfo]] = []
+        for node in await self.registry.nodes():
+            if node.node_id == self.node_id or node.draining:
+                continue
+            for stream, hops, served in node.sources:
+                if stream != name or hops + 1 > self.settings.relay_max_depth:
+                    continue
+                if hops > 0 or node.node_id == origin.node_id:
+                    full = served >= self.settings.relay_fanout
+                    candidates.append((full, hops, served, node))
+        if not candidates:
+            return origin, 0
+        full, hops, _, node = min(candidates, key=lambda c: c[:3])
+        return node, hops
 
     def published(self) -> list[StreamInfo]:
         """Streams whose publisher is connected to this node (not relayed here)."""
@@ -172,8 +208,9 @@ class Cluster:
 
     async def _open(self, name: str, origin: NodeInfo) -> None:
         try:
-            await self.relay.ensure(name, origin, 0)
-        except ServiceUnavailable as exc:
+            source = await self.source_for(name, origin)
+            await self.relay.ensure(name, origin, 0, source)
+        except ServiceUnavailable as exc:  # the registry too: tried again next round
             logger.info("cannot relay %s yet: %s", name, exc.detail)
         finally:
             self._opening.discard(name)
@@ -202,7 +239,11 @@ class Cluster:
         if self.settings.cluster_mode == "redirect":
             location = f"{origin.url.rstrip('/')}/whep/{name}" + (f"?{query}" if query else "")
             raise TemporaryRedirect(f"{name!r} is served by {origin.node_id}", location=location)
-        await self.relay.ensure(name, origin, hops)
+        try:
+            source = await self.source_for(name, origin)
+        except RegistryUnavailable:
+            source = (origin, 0)
+        await self.relay.ensure(name, origin, hops, source)
 
 
 def _cpu_seconds() -> float:

@@ -62,6 +62,7 @@ class Hub:
             lambda: list(self.streams.values()),
             self.viewer_count,
             self.egress_octets,
+            lambda stream: sum(v.relay_layers for v in self.viewers_of(stream)),
         )
 
     async def start(self) -> None:

@@ -53,10 +53,14 @@ class UpstreamSession(PublisherSession):
         on_ended: Callable[[Session, str], None],
         *,
         origin: NodeInfo,
+        source: NodeInfo | None = None,
+        hops: int = 1,
     ) -> None:
         # One transport for all the sections it offers (one per layer).
         super().__init__(stream, ice_servers, on_ended, max_bundle=True)
-        self.origin = origin
+        self.origin = origin  # the node the stream is published on
+        self.source = source or origin  # the node pulled from: the origin or an edge
+        self.hops = hops  # relay hops between the origin and this node
         self.resource: str | None = None  # the session URL at the origin
         self.rids: list[str] = []  # the simulcast layers relayed, one video section each
 
@@ -66,7 +70,7 @@ class UpstreamSession(PublisherSession):
         A simulcast stream's layers each get a video section (the origin pins them in
         its layer order), so every layer reaches the edge and its viewers choose there.
         """
-        base = self.origin.url.rstrip("/")
+        base = self.source.url.rstrip("/")
         rids = await _layers(client, f"{base}/api/streams/{self.stream.name}")
         self.rids = rids[:MAX_RELAYED_LAYERS]
         self.pc.addTransceiver("audio", direction="recvonly")
@@ -82,7 +86,7 @@ class UpstreamSession(PublisherSession):
         )
         if response.status_code != 201:
             raise ServiceUnavailable(
-                f"the origin node {self.origin.node_id} refused the relay: "
+                f"the node {self.source.node_id} refused the relay: "
                 f"{response.status_code} {response.text[:200]}",
                 retry_after=2,
             )
@@ -147,8 +151,16 @@ class Relay:
         self._deletes: set[asyncio.Task[None]] = set()
         self._client = httpx.AsyncClient()
 
-    async def ensure(self, name: str, origin: NodeInfo, hops: int) -> None:
-        """Have an upstream for `name` from `origin` (open one, or keep the one there)."""
+    async def ensure(
+        self,
+        name: str,
+        origin: NodeInfo,
+        hops: int,
+        source: tuple[NodeInfo, int] | None = None,
+    ) -> None:
+        """Have an upstream for `name`, published on `origin` (open one, or keep the one
+        there); `source`: the node to pull from and its hops from the origin (default:
+        the origin itself); `hops`: how far the asking node is (0: a client)."""
         upstream = self.upstreams.get(name)
         if (
             upstream is not None
@@ -167,24 +179,30 @@ class Relay:
         stream = self._stream_for(name)
         if stream.publisher is not None and not isinstance(stream.publisher, UpstreamSession):
             return  # published here meanwhile
-        upstream = UpstreamSession(stream, self.ice_servers, self._ended, origin=origin)
+        node, distance = source or (origin, 0)
+        upstream = UpstreamSession(
+            stream, self.ice_servers, self._ended, origin=origin, source=node, hops=distance + 1
+        )
         # Set before the first await: viewers arriving meanwhile share this upstream.
         stream.set_publisher(upstream)
         self.upstreams[name] = upstream
         self._unwatched_since.pop(name, None)
         try:
             await asyncio.wait_for(
-                upstream.open(self._client, self.settings.cluster_secret, hops + 1), OPEN_TIMEOUT
+                upstream.open(self._client, self.settings.cluster_secret, upstream.hops),
+                OPEN_TIMEOUT,
             )
         except BaseException as exc:  # cancelled too: never leave a half-open upstream
             upstream.end(f"opening failed: {exc!r}")
             if isinstance(exc, ServiceUnavailable | asyncio.CancelledError):
                 raise
             raise ServiceUnavailable(
-                f"the origin node {origin.node_id} cannot be reached: {type(exc).__name__}",
+                f"the node {node.node_id} cannot be reached: {type(exc).__name__}",
                 retry_after=2,
             ) from exc
-        logger.info("relaying %s from %s (%s)", name, origin.node_id, origin.url)
+        logger.info(
+            "relaying %s from %s (%s), %d hops", name, node.node_id, node.url, upstream.hops
+        )
 
     def close(self, name: str, reason: str) -> None:
         upstream = self.upstreams.get(name)

@@ -38,6 +38,9 @@ class NodeInfo:
     egress_bps: float = 0.0
     cpu: float = 0.0  # fraction of one core the process used since the last heartbeat
     draining: bool = False
+    # (stream, relay hops from its origin, upstream sessions this node serves for it) for
+    # each stream another node may pull from here: 0 hops for its own publishers' streams.
+    sources: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)

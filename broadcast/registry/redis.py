@@ -311,12 +311,12 @@ class RedisRegistry:
         with self._guard():
             ids = await self._live(node_index_key(self._prefix))
             records = await self._records([node_key(self._prefix, i) for i in ids])
-        return [n for r in records if (n := _build(NodeInfo, r)) is not None]
+        return [n for r in records if (n := _build(NodeInfo, _sources(r))) is not None]
 
     async def node(self, node_id: str) -> NodeInfo | None:
         with self._guard():
             records = await self._records([node_key(self._prefix, node_id)])
-        return _build(NodeInfo, records[0]) if records else None
+        return _build(NodeInfo, _sources(records[0])) if records else None
 
     async def streams(self) -> list[StreamInfo]:
         with self._guard():
@@ -343,3 +343,14 @@ def _build(cls: type[_Record], record: dict[str, Any]) -> _Record | None:
         return cls(**{k: v for k, v in record.items() if k in known})
     except TypeError:
         return None
+
+
+def _sources(record: dict[str, Any]) -> dict[str, Any]:
+    """A node record's `sources` as tuples again (JSON has lists); dropped if malformed."""
+    try:
+        record["sources"] = tuple(
+            (str(name), int(hops), int(served)) for name, hops, served in record.get("sources", ())
+        )
+    except (TypeError, ValueError):
+        record.pop("sources", None)
+    return record
