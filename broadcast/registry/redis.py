@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -259,11 +258,17 @@ class RedisRegistry:
             owner = await self._client.get(owner_key(self._prefix, stream))
         return cast("str | None", owner)  # decode_responses=True
 
+    async def _now_ms(self) -> int:
+        """Redis's clock, in ms: index scores from every node compare on one clock, so skew
+        between the nodes' own clocks cannot hide or prune live records."""
+        seconds, microseconds = await self._client.time()
+        return int(seconds) * 1000 + int(microseconds) // 1000
+
     async def heartbeat(self, node: NodeInfo, streams: list[StreamInfo]) -> list[str]:
-        now_ms = int(time.time() * 1000)
-        expires = now_ms + self._ttl_ms
         p = self._prefix
         with self._guard():
+            now_ms = await self._now_ms()
+            expires = now_ms + self._ttl_ms
             pipe = self._client.pipeline(transaction=False)
             pipe.set(node_key(p, node.node_id), json.dumps(asdict(node)), px=self._ttl_ms)
             pipe.zadd(node_index_key(p), {node.node_id: expires})
@@ -283,7 +288,7 @@ class RedisRegistry:
         return lost
 
     async def _live(self, index: str) -> list[str]:
-        now_ms = int(time.time() * 1000)
+        now_ms = await self._now_ms()
         return cast("list[str]", await self._client.zrangebyscore(index, now_ms, "+inf"))
 
     async def _records(self, keys: list[str]) -> list[dict[str, Any]]:
