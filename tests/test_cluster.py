@@ -35,6 +35,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+async def publish(client: httpx.AsyncClient, node_url: str, name: str = "cam") -> Publisher:
+    """An aiortc publisher, live on the node."""
+    publisher = Publisher(node_url, name)
+    assert (await publisher.start(client)).status == 201
+    return publisher
+
+
 async def get(client: httpx.AsyncClient, url: str) -> Any:
     response = await client.get(url)
     return response.json() if response.status_code == 200 else None
@@ -45,8 +52,7 @@ async def test_viewers_on_any_node_share_one_upstream_per_edge(
 ) -> None:
     a, b, c = (nodes(n, redis_server.url) for n in ("a", "b", "c"))
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = Publisher(a.url, "cam")
-        assert (await publisher.start(client)).status == 201
+        publisher = await publish(client, a.url)
         viewers = [Viewer(node.url, "cam") for node in (b, b, c, c, c)]
         for viewer in viewers:
             result = await viewer.start(client)
@@ -84,8 +90,7 @@ async def test_redirect_mode_sends_viewers_to_the_origin(
     a = nodes("a", redis_server.url, cluster_mode="redirect")
     b = nodes("b", redis_server.url, cluster_mode="redirect")
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = Publisher(a.url, "cam")
-        assert (await publisher.start(client)).status == 201
+        publisher = await publish(client, a.url)
         response = await client.post(
             f"{b.url}/whep/cam?layer=h",
             content=(await _offer()),
@@ -118,8 +123,7 @@ async def test_origin_crash_then_the_publisher_moves(
 ) -> None:
     a, b, c = (nodes(n, redis_server.url) for n in ("a", "b", "c"))
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = Publisher(a.url, "cam")
-        assert (await publisher.start(client)).status == 201
+        publisher = await publish(client, a.url)
         viewer = Viewer(c.url, "cam")
         assert (await viewer.start(client)).status == 201
         await viewer.wait_frames(video=30, timeout=30)
@@ -148,9 +152,7 @@ async def test_redis_outage_keeps_streams_flowing_and_heals(
 ) -> None:
     a, b = (nodes(n, redis_server.url) for n in ("a", "b"))
     async with httpx.AsyncClient(timeout=10) as client:
-        publishers = [Publisher(a.url, name) for name in ("cam", "other")]
-        for publisher in publishers:
-            assert (await publisher.start(client)).status == 201
+        publishers = [await publish(client, a.url, name) for name in ("cam", "other")]
         viewer = Viewer(b.url, "cam")
         assert (await viewer.start(client)).status == 201
         await viewer.wait_frames(video=30, timeout=30)
@@ -199,8 +201,7 @@ async def publish_and_resume(
     client: httpx.AsyncClient, node_url: str, viewer: Viewer
 ) -> tuple[Publisher, float]:
     """Publish `cam` on a node; the seconds until `viewer` decoded 30 more frames."""
-    publisher = Publisher(node_url, "cam")
-    assert (await publisher.start(client)).status == 201
+    publisher = await publish(client, node_url)
     frames = viewer.video.frames
 
     async def resumed() -> bool:
@@ -270,8 +271,7 @@ async def test_a_publisher_leaving_and_coming_back_reaches_edge_viewers(
 ) -> None:
     a, b = (nodes(n, redis_server.url) for n in ("a", "b"))
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = Publisher(a.url, "cam")
-        assert (await publisher.start(client)).status == 201
+        publisher = await publish(client, a.url)
         viewer = Viewer(b.url, "cam")
         assert (await viewer.start(client)).status == 201
         await viewer.wait_frames(video=30, timeout=30)
@@ -295,8 +295,7 @@ async def test_edges_pull_from_edges_once_the_origin_feeds_enough(
     # Each node feeds at most one other: a chain a -> b -> c, within the depth limit.
     a, b, c = (nodes(n, redis_server.url, relay_fanout="1") for n in ("a", "b", "c"))
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = Publisher(a.url, "cam")
-        assert (await publisher.start(client)).status == 201
+        publisher = await publish(client, a.url)
         first = Viewer(b.url, "cam")
         assert (await first.start(client)).status == 201
         await first.wait_frames(video=30, timeout=30)
