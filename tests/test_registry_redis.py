@@ -4,6 +4,7 @@ that MemoryRegistry meets too)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -106,6 +107,14 @@ async def test_contract_heartbeat(registry: StreamRegistry) -> None:
     assert NODE_A in await registry.nodes()
     assert await registry.node("a") == NODE_A
     assert await registry.node("nobody") is None
+
+
+async def test_contract_node_sources_round_trip(registry: StreamRegistry) -> None:
+    # What a node can be pulled from (stream, hops from the origin, upstreams served).
+    relaying = dataclasses.replace(NODE_A, sources=(("cam", 0, 2), ("far", 1, 0)))
+    await registry.heartbeat(relaying, [])
+    assert await registry.node("a") == relaying
+    assert relaying in await registry.nodes()
 
 
 # --- Redis specifics ---------------------------------------------------------------------
