@@ -238,17 +238,13 @@ class Ops:
                     "keyframe_requests": sum(f.keyframe_requests for f in feeds),
                 }
             )
-        relayed = isinstance(publisher, UpstreamSession)
+        # Relayed here: the stream's node is its origin, pulled from `source`.
+        upstream = publisher if isinstance(publisher, UpstreamSession) else None
         return {
             "stream": stream.name,
-            "node": publisher.origin.node_id
-            if isinstance(publisher, UpstreamSession)
-            else self.node_id,
-            "relayed": relayed,
-            # The node this one pulls the stream from: the origin, or another edge.
-            "relayed_from": publisher.source.node_id
-            if isinstance(publisher, UpstreamSession)
-            else None,
+            "node": self.node_id if upstream is None else upstream.origin.node_id,
+            "relayed": upstream is not None,
+            "relayed_from": None if upstream is None else upstream.source.node_id,
             "live": stream.live,
             "publisher": getattr(publisher, "id", None),
             "viewers": stream.viewer_count,

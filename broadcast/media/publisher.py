@@ -38,7 +38,6 @@ class PublisherSession(Session):
         self.simulcast: dict[int, Simulcast] = dict(simulcast or {})
 
     def prepare(self) -> None:
-        loop = asyncio.get_event_loop()
         accepted = glue.negotiate_rid_extensions(self.pc, self.simulcast.keys())
         self.simulcast = {i: s for i, s in self.simulcast.items() if i in accepted}
         for transceiver in self.pc.getTransceivers():
@@ -52,18 +51,26 @@ class PublisherSession(Session):
                 simulcast = None if index is None else self.simulcast.get(index)
                 layers = simulcast.layers if simulcast is not None else ()
                 feeds.update(self.stream.set_layers(layers))
-            receiver = transceiver.receiver
-            glue.tap_receiver(
-                receiver, self._rtp_handler(feeds), self._report_handler(feeds, loop), layers
-            )
-            codecs = codec_specs(transceiver)
+            self.feed_from(transceiver, feeds, layers)
 
-            def request_keyframe(ssrc: int, receiver: Any = receiver) -> None:
-                spawn(glue.request_keyframe(receiver, ssrc))
+    def feed_from(
+        self, transceiver: Any, feeds: dict[str | None, TrackFeed], layers: tuple[str, ...] = ()
+    ) -> None:
+        """Tap `transceiver`'s receiver into `feeds` (by rid; None: without simulcast) and
+        have each feed it sends to ask that receiver for keyframes."""
+        receiver = transceiver.receiver
+        loop = asyncio.get_event_loop()
+        glue.tap_receiver(
+            receiver, self._rtp_handler(feeds), self._report_handler(feeds, loop), layers
+        )
+        codecs = codec_specs(transceiver)
 
-            for rid, feed in feeds.items():
-                if rid is not None or not layers:
-                    feed.attach_source(codecs, request_keyframe)
+        def request_keyframe(ssrc: int) -> None:
+            spawn(glue.request_keyframe(receiver, ssrc))
+
+        for rid, feed in feeds.items():
+            if rid is not None or not layers:
+                feed.attach_source(codecs, request_keyframe)
 
     def finish_answer(self, answer: str) -> str:
         return add_start_bitrate(add_answer_lines(answer, self.simulcast), self.start_bitrate)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urljoin
 
 import httpx
@@ -23,13 +22,10 @@ from aiortc import RTCIceServer, RTCSessionDescription
 
 from broadcast.config import Settings
 from broadcast.errors import ServiceUnavailable
-from broadcast.media import aiortc_glue as glue
 from broadcast.media.publisher import PublisherSession
-from broadcast.media.session import Session, codec_specs
+from broadcast.media.session import Session
 from broadcast.registry.base import NodeInfo
-from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.stream import Stream
-from broadcast.tasks import spawn
 
 __all__ = ["HOPS_HEADER", "MAX_RELAYED_LAYERS", "Relay", "UpstreamSession"]
 
@@ -99,7 +95,6 @@ class UpstreamSession(PublisherSession):
     def prepare(self) -> None:
         """Feed the local stream from the answer's sections: audio, then one video
         section per layer (or the one video)."""
-        loop = asyncio.get_event_loop()
         layer_feeds = self.stream.set_layers(tuple(self.rids))
         videos = [t for t in self.pc.getTransceivers() if t.kind == "video"]
         for transceiver in self.pc.getTransceivers():
@@ -107,16 +102,7 @@ class UpstreamSession(PublisherSession):
             feed = self.stream.feeds[kind]
             if kind == "video" and self.rids:
                 feed = layer_feeds[self.rids[videos.index(transceiver)]]
-            feeds: dict[str | None, TrackFeed] = {None: feed}
-            receiver = transceiver.receiver
-            glue.tap_receiver(
-                receiver, self._rtp_handler(feeds), self._report_handler(feeds, loop), ()
-            )
-
-            def request_keyframe(ssrc: int, receiver: Any = receiver) -> None:
-                spawn(glue.request_keyframe(receiver, ssrc))
-
-            feed.attach_source(codec_specs(transceiver), request_keyframe)
+            self.feed_from(transceiver, {None: feed})
 
 
 async def _layers(client: httpx.AsyncClient, url: str) -> list[str]:
