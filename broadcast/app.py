@@ -45,12 +45,14 @@ def _registry(settings: Settings) -> StreamRegistry:
     return MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, registry: StreamRegistry | None = None) -> Starlette:
+    """The node's application; `registry` replaces the one the settings select (a worker
+    process uses its supervisor's)."""
     glue.register_passthrough_codecs()
     glue.defer_bitrate_estimators()
     glue.echo_offered_payload_types()
     glue.restrict_host_addresses(settings.ice_addresses)
-    registry = _registry(settings)
+    registry = registry or _registry(settings)
     hub = Hub(settings, registry, _server_ice_servers(settings))
     ops = Ops(hub, settings)
     events = EventsExtension(hub, settings, ops.describe)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from broadcast import __version__
 from broadcast.app import create_app
 from broadcast.config import load_settings
+from broadcast.workers import run_workers
 
 __all__ = ["main"]
 
@@ -39,6 +40,13 @@ def serve(host: str | None, port: int | None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per relay request
+    if settings.workers > 1:
+        try:
+            status = run_workers(settings)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        raise SystemExit(status)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -56,6 +56,7 @@ def start_server(port: int, module: str = "broadcast") -> subprocess.Popen[bytes
     """`python -m <module> ... --port` pinned to CPU 0, once it listens (broadcast: `serve`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
+    env["BROADCAST_WORKERS"] = "1"  # one process on the one pinned core
     env["PYTHONPATH"] = str(ROOT)
     serve = ["serve"] if module == "broadcast" else []
     cmd = ["taskset", "-c", "0", sys.executable, "-m", module, *serve, "--port", str(port)]

@@ -210,6 +210,7 @@ async def run(args: argparse.Namespace, r: dict[str, Any]) -> None:
     cmd = [sys.executable, "-m", "broadcast", "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
+    env["BROADCAST_WORKERS"] = "1"
     log = (CACHE / f"server-{os.getpid()}.log").open("w+")
     server = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True, cwd=ROOT)
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)

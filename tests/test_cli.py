@@ -24,6 +24,7 @@ def test_version() -> None:
 def test_serve_answers_whip_options_as_the_rfc_says() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
+    env["BROADCAST_WORKERS"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "broadcast", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,

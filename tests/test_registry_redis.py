@@ -1,5 +1,5 @@
 """The Redis cluster registry against a real, private redis-server (and the shared contract
-that MemoryRegistry meets too)."""
+that MemoryRegistry, the workers' ClaimTable and its LocalRegistry client meet too)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from broadcast.registry.base import NodeInfo, RegistryUnavailable, StreamInfo, StreamRegistry
+from broadcast.registry.local import LocalRegistry, serve_table
 from broadcast.registry.memory import MemoryRegistry
 from broadcast.registry.redis import (
     RedisRegistry,
@@ -25,6 +27,7 @@ from broadcast.registry.redis import (
     stream_index_key,
     stream_info_key,
 )
+from broadcast.registry.table import ClaimTable
 from tests.support.redisproc import RedisProcess, free_port, redis_server
 
 __all__ = ["redis_server"]
@@ -69,16 +72,25 @@ async def raw(redis_server: RedisProcess) -> AsyncIterator[Redis]:
 # --- one contract for both implementations -------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def registry(request: pytest.FixtureRequest) -> AsyncIterator[StreamRegistry]:
+@pytest.fixture(params=["memory", "redis", "table", "local"])
+async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamRegistry]:
     reg: StreamRegistry
+    server = None
     if request.param == "memory":
         reg = MemoryRegistry(NODE_A)
+    elif request.param == "table":
+        reg = ClaimTable(ttl=5.0)
+    elif request.param == "local":  # the worker processes' client of a supervisor's table
+        path = str(tmp_path / "registry.sock")
+        server = await serve_table(ClaimTable(ttl=5.0), path)
+        reg = LocalRegistry(path)
     else:
-        server: RedisProcess = request.getfixturevalue("redis_server")
-        reg = RedisRegistry(server.url, ttl=5.0)
+        redis: RedisProcess = request.getfixturevalue("redis_server")
+        reg = RedisRegistry(redis.url, ttl=5.0)
     yield reg
     await reg.close()
+    if server is not None:
+        server.close()
 
 
 async def test_contract_claim_lookup_release(registry: StreamRegistry) -> None:

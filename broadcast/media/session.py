@@ -17,16 +17,32 @@ from broadcast.sfu.codecs import CodecSpec
 from broadcast.sfu.stream import Stream
 from broadcast.tasks import spawn
 
-__all__ = ["Session", "codec_specs", "new_session_id"]
+__all__ = ["Session", "codec_specs", "new_session_id", "set_worker_index", "worker_of"]
 
 logger = logging.getLogger(__name__)
 
 Role = Literal["whip", "whep"]
 
 
+# "<index>." in worker process <index> of a node (BROADCAST_WORKERS > 1): a request for
+# the session that lands on a sibling worker is passed to this one (broadcast.http.affinity).
+_id_prefix = ""
+
+
+def set_worker_index(index: int | None) -> None:
+    global _id_prefix
+    _id_prefix = "" if index is None else f"{index}."
+
+
+def worker_of(session_id: str) -> int | None:
+    """The worker index a session id was made by, if any."""
+    index, dot, _ = session_id.partition(".")
+    return int(index) if dot and index.isdigit() and len(index) <= 4 else None
+
+
 def new_session_id() -> str:
     """128 bits from the OS CSPRNG (RFC 9725 §4.1 / RFC 4086): unguessable URLs."""
-    return secrets.token_urlsafe(16)
+    return _id_prefix + secrets.token_urlsafe(16)
 
 
 def new_etag() -> str:
