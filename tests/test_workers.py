@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.nodes import Node, nodes
 from tests.support.peers import Publisher, Viewer
-from tests.test_cluster import get, publish, until
+from tests.test_cluster import _offer, get, publish, until
 
 __all__ = ["nodes"]
 
@@ -104,6 +104,32 @@ async def test_two_workers_share_one_port_and_relay_in_node(
             await viewer.stop()
         assert (await get(client, f"{w1}/api/streams/cam"))["viewers"] == 0
         await publisher.stop(client)
+
+
+async def test_sessions_spread_over_workers_on_one_kept_alive_client(
+    nodes: Callable[..., Node],
+) -> None:
+    """A proxy or load tool that keeps one connection alive still reaches both workers:
+    each POST's answer closes its connection (16 joins on one worker: odds 1 in 32768)."""
+    node = nodes("n", None, workers=2)
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def both_up() -> bool:
+            return await worker_count(client, node) == 2
+
+        await until(both_up, 15, "both workers in the registry")
+        offer = await _offer()
+        locations = []
+        for _ in range(16):
+            response = await client.post(
+                f"{node.url}/whep/cam", content=offer, headers={"Content-Type": "application/sdp"}
+            )
+            assert response.status_code == 201, response.text
+            assert response.headers["connection"] == "close"
+            locations.append(response.headers["location"])
+        assert {location.split("/")[3][:2] for location in locations} == {"0.", "1."}
+        for location in locations:
+            assert (await client.delete(node.url + location)).status_code == 200
 
 
 def worker_pids(supervisor: int) -> list[int]:

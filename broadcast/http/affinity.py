@@ -9,6 +9,10 @@ request can land on a worker that does not hold what it is about:
 - `GET /api/streams/{stream}` is passed to the worker the stream is published on;
 - `/metrics` gathers every worker's metrics, each sample labelled `worker`.
 
+The answer to a WHIP/WHEP POST closes its connection, so that sessions spread over the
+workers even when a client or reverse proxy sends every request on one kept-alive
+connection.
+
 Each worker also listens on a private port (`BROADCAST_PORT + 1 + index`); requests that
 arrive there are always served where they land, so passing one on cannot loop. A WHEP POST
 is never passed on: the worker it lands on serves it, relaying the stream from the worker
@@ -78,6 +82,9 @@ class WorkerRouter:
             target = await self._target(path)
             if target is not None and target != self.index:
                 await self._pass(target, scope, receive, send)
+                return
+            if scope["method"] == "POST" and _is_endpoint(path):
+                await self.app(scope, receive, _closing(send))
                 return
         elif scope["type"] == "lifespan":
             try:
@@ -182,6 +189,25 @@ def merge_metrics(texts: Iterable[tuple[int, str | None]]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families([*families.values(), up]))
     return generate_latest(registry)
+
+
+def _is_endpoint(path: str) -> bool:
+    parts = path.strip("/").split("/")
+    return len(parts) == 2 and parts[0] in ("whip", "whep")
+
+
+def _closing(send: Send) -> Send:
+    """Close the connection after a WHIP/WHEP POST's answer, so that a client or proxy
+    that keeps its connection alive still spreads its sessions over the workers: each
+    POST then comes on a new connection, which the kernel hands to any worker."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return wrapped
 
 
 def _port(scope: Scope) -> int | None:
