@@ -10,9 +10,8 @@ receives and the loss in its steady window (after ramp + settle) is at most --ma
 capacity(W) is the largest passing step. W = 1 steps up from --start by x1.5 until a step
 fails, then bisects twice. W = 2 starts at 1.8 x capacity(1) and moves by 0.1 x capacity(1)
 up while steps pass (then bisects once) or down until one does. Each step starts a fresh
-server. The client side must not be the limit: a
-step with UDP receive-buffer drops or a client CPU set over 90 % busy stops the run and
-says so. Needs W + 1 + (clients) CPUs: 16 for the defaults.
+server. The client side must not be the limit: a step whose client CPU set is over 90 %
+busy stops the run and says so. Needs W + 1 + (clients) CPUs: 16 for the defaults.
 """
 
 from __future__ import annotations
@@ -163,11 +162,9 @@ def run_step(args: argparse.Namespace, workers: int, n: int, tmp: Path) -> dict[
     step["passed"] = (
         step["receiving"] == n and not step["failed"] and step["window_loss_pct"] <= args.max_loss
     )
-    # UDP receive-buffer drops are counted machine-wide: a saturated server drops its
-    # own ingest too, so they point at the client side only while the server has room.
-    server_busy = step["server_cores"] > 0.9 * workers
-    drops = bool(step["udp_rcvbuf_errors"]) and not server_busy
-    step["client_limit"] = drops or step["client_busy"] > 0.9
+    # UDP receive-buffer drops are counted machine-wide, and a server near saturation
+    # drops its own ingest: they are recorded, but only a busy client CPU set is a limit.
+    step["client_limit"] = step["client_busy"] > 0.9
     print(
         f"W={workers} N={n:4d}: {'pass' if step['passed'] else 'FAIL'}, "
         f"server {step['server_cores']:.2f} cores, loss {step['window_loss_pct']:.2f}%, "
@@ -238,6 +235,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--start", type=int, default=100, help="first W=1 step (viewers)")
+    ap.add_argument("--capacity-one", type=int, help="skip W=1: its capacity from a past run")
     ap.add_argument("--processes", type=int, default=10, help="client processes")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per step, ramp after")
     ap.add_argument("--settle", type=float, default=2.0)
@@ -265,7 +263,7 @@ def main() -> int:
         tmp = Path(directory)
         steps: list[dict[str, Any]] = result["steps"]
         plan = [round(args.start * 1.5**k) for k in range(8)]
-        one = walk_up(args, 1, plan, tmp, steps)
+        one = args.capacity_one or walk_up(args, 1, plan, tmp, steps)
         up = [round(one * f / 10) for f in range(18, 26)]
         if run(args, 2, up[0], tmp, steps):  # 1.8 x capacity(1): then further up
             two = walk_up(args, 2, up[1:], tmp, steps, best=up[0], bisect=1)
