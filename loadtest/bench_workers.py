@@ -236,6 +236,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--start", type=int, default=100, help="first W=1 step (viewers)")
     ap.add_argument("--capacity-one", type=int, help="skip W=1: its capacity from a past run")
+    ap.add_argument(
+        "--two-factors",
+        type=lambda text: [float(x) for x in text.split(",")],
+        help="instead of the W=2 search: these multiples of capacity(1), e.g. 1.8,2.1",
+    )
     ap.add_argument("--processes", type=int, default=10, help="client processes")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per step, ramp after")
     ap.add_argument("--settle", type=float, default=2.0)
@@ -265,7 +270,10 @@ def main() -> int:
         plan = [round(args.start * 1.5**k) for k in range(8)]
         one = args.capacity_one or walk_up(args, 1, plan, tmp, steps)
         up = [round(one * f / 10) for f in range(18, 26)]
-        if run(args, 2, up[0], tmp, steps):  # 1.8 x capacity(1): then further up
+        if args.two_factors:
+            fixed = [round(one * f) for f in args.two_factors]
+            two = max((n for n in fixed if run(args, 2, n, tmp, steps)), default=0)
+        elif run(args, 2, up[0], tmp, steps):  # 1.8 x capacity(1): then further up
             two = walk_up(args, 2, up[1:], tmp, steps, best=up[0], bisect=1)
         else:  # down until a step passes
             down = [round(one * f / 10) for f in range(17, 9, -1)]

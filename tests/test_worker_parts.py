@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
 from broadcast.config import Settings
-from broadcast.http.affinity import merge_metrics
+from broadcast.http.affinity import WorkerRouter, merge_metrics
 from broadcast.media.session import new_session_id, set_worker_index, worker_of
 from broadcast.registry.base import NodeInfo, RegistryUnavailable, StreamInfo
 from broadcast.registry.local import LocalRegistry, serve_table
 from broadcast.registry.table import ClaimTable
 from broadcast.workers import Layout
+from tests.support.redisproc import free_port
 
 
 class Clock:
@@ -146,3 +150,22 @@ def test_layout_ports_and_urls() -> None:
         "http://10.1.2.3:82",
         1,
     )
+
+
+async def test_a_sibling_that_does_not_answer_is_a_503_not_a_500() -> None:
+    async def local(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse(f"served here: {scope['path']}")(scope, receive, send)
+
+    async def lookup(stream: str) -> str | None:
+        return None
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    router = WorkerRouter(local, 0, [closed, closed], ["n-w0", "n-w1"], 8080, lookup, 1024)
+    transport = httpx.ASGITransport(app=router)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver:8080") as client:
+        mine = await client.delete("/whep/cam/0.abc")
+        assert mine.text == "served here: /whep/cam/0.abc"
+        theirs = await client.delete("/whep/cam/1.abc")
+        assert theirs.status_code == 503, theirs.text
+        assert theirs.headers["retry-after"] == "2"
+        assert "worker 1" in theirs.json()["detail"]

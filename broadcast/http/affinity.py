@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 import httpx
@@ -37,6 +38,8 @@ from broadcast.media.session import worker_of
 from broadcast.registry.base import RegistryUnavailable
 
 __all__ = ["WorkerRouter", "merge_metrics"]
+
+logger = logging.getLogger(__name__)
 
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded.
 _HOP_BY_HOP = {
@@ -119,9 +122,13 @@ class WorkerRouter:
         request = self.client.build_request(scope["method"], url, headers=headers, content=body)
         try:
             response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # whatever broke the hop, the client gets a 503
+            # (httpx raises its own errors, but a connection torn down under load has
+            # also surfaced as an AttributeError from deep in its socket layer.)
+            logger.warning("passing %s to worker %d failed: %r", scope["path"], index, exc)
             error = ServiceUnavailable(
-                f"worker {index} of this node did not answer: {exc}", retry_after=2
+                f"worker {index} of this node did not answer: {type(exc).__name__}",
+                retry_after=2,
             )
             await problem_response(error, scope["path"])(scope, receive, send)
             return
