@@ -1,4 +1,4 @@
-"""BROADCAST_WORKERS=2: two worker processes behind one port, without Redis.
+"""BROADCAST_WORKERS=2: two worker processes behind one port, with and without Redis.
 
 A real `broadcast serve` process; aiortc publisher and viewers in this process. Worker i
 also listens on `port + 1 + i`, which lets a test put a peer on a chosen worker.
@@ -18,9 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.nodes import Node, nodes
 from tests.support.peers import Publisher, Viewer
+from tests.support.redisproc import RedisProcess, redis_server
 from tests.test_cluster import _offer, get, publish, until
 
-__all__ = ["nodes"]
+__all__ = ["nodes", "redis_server"]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -183,3 +184,29 @@ async def test_dead_workers_are_replaced_and_sigterm_stops_them_all(
     node.process.send_signal(signal.SIGTERM)
     assert node.process.wait(15) == 0
     assert [pid for pid in running if Path(f"/proc/{pid}").exists()] == []
+
+
+async def test_workers_are_members_of_a_redis_cluster(
+    redis_server: RedisProcess, nodes: Callable[..., Node]
+) -> None:
+    """With Redis, each worker is a cluster member reachable on its own port: a node
+    relays a stream straight from the worker its publisher is on."""
+    a = nodes("a", redis_server.url, workers=2)
+    b = nodes("b", redis_server.url)
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def all_up() -> bool:
+            listed = await get(client, f"{b.url}/api/nodes")
+            return sorted(n["node_id"] for n in listed or []) == ["a-w0", "a-w1", "b"]
+
+        await until(all_up, 15, "both workers and b in the registry")
+        listed = {n["node_id"]: n["url"] for n in await get(client, f"{b.url}/api/nodes")}
+        assert listed["a-w1"] == a.private_url(1)
+        publisher = await publish(client, a.private_url(1))
+        viewer = Viewer(b.url, "cam")
+        assert (await viewer.start(client)).status == 201
+        await viewer.wait_frames(video=30, timeout=30)
+        detail = await get(client, f"{b.url}/api/streams/cam")
+        assert detail["relayed"] is True and detail["relayed_from"] == "a-w1", detail
+        await viewer.stop(client)
+        await publisher.stop(client)
