@@ -204,6 +204,38 @@ async def test_heartbeat_records_and_expiry(make_redis: MakeRedis, raw: Redis) -
     await eventually(all_gone)
 
 
+async def test_index_scores_are_when_the_records_expire(make_redis: MakeRedis, raw: Redis) -> None:
+    """Scored on Redis's clock by the script that writes the record, so a node stalled
+    between reading the clock and writing cannot drop out of the listings while its claim
+    lives on (a 4.1 s "gone" with a 6 s claim was seen under load)."""
+    registry = make_redis(ttl=5.0)
+    assert await registry.claim("cam", "a")
+    real = registry._client.pipeline
+
+    def stalling(*args: Any, **kwargs: Any) -> Any:  # the node stalls 0.3 s before writing
+        pipe = real(*args, **kwargs)
+        execute = pipe.execute
+
+        async def late(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.3)
+            return await execute(*args, **kwargs)
+
+        pipe.execute = late
+        return pipe
+
+    registry._client.pipeline = stalling  # type: ignore[method-assign]
+    await registry.heartbeat(NODE_A, [StreamInfo("cam", "a")])
+    seconds, micros = await raw.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
+    for index, member, key in (
+        ("broadcast:{nodes}:index", "a", "broadcast:{nodes}:node:a"),
+        ("broadcast:{streams}:index", "cam", "broadcast:{cam}:info"),
+        ("broadcast:{streams}:index", "cam", "broadcast:{cam}:owner"),
+    ):
+        score, pttl = await raw.zscore(index, member), await raw.pttl(key)
+        assert score is not None and abs(score - (now + pttl)) <= 5, (key, score, now + pttl)
+
+
 async def test_heartbeat_keeps_claim_alive(make_redis: MakeRedis) -> None:
     reg = make_redis()
     assert await reg.claim("cam", "a")

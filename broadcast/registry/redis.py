@@ -21,7 +21,9 @@ Lua scripts (each runs atomically on the server, so no two nodes interleave insi
 - RELEASE: delete owner and info only if the owner is still node (a late release by a
   node that lost the claim cannot delete the new owner's claim).
 - BEAT: REFRESH, plus write the info record, in the same atomic step; a stream whose
-  claim was lost gets no record.
+  claim was lost gets no record. It answers Redis's clock (ms) when it wrote, and the
+  stream's index score is that plus the TTL: exactly when the record expires.
+- NODE: write a node's record and score it in the node index on Redis's clock, in one step.
 
 Any connection or timeout failure becomes `RegistryUnavailable` (503, Retry-After: 5).
 Clients use 1 s socket timeouts and one quick retry, so a dead Redis fails fast; the retry
@@ -77,12 +79,28 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1], KEYS[2]) end
 return 0
 """
-_BEAT = """
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+_BEAT = (
+    _NOW_MS
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-return 1
+return now
 """
+)
+_NODE = (
+    _NOW_MS
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return now
+"""
+)
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rex.ConnectionError,  # includes BusyLoadingError, MasterNotFoundError (sentinel)
@@ -267,19 +285,22 @@ class RedisRegistry:
     async def heartbeat(self, node: NodeInfo, streams: list[StreamInfo]) -> list[str]:
         p = self._prefix
         with self._guard():
-            now_ms = await self._now_ms()
-            expires = now_ms + self._ttl_ms
             pipe = self._client.pipeline(transaction=False)
-            pipe.set(node_key(p, node.node_id), json.dumps(asdict(node)), px=self._ttl_ms)
-            pipe.zadd(node_index_key(p), {node.node_id: expires})
-            pipe.zremrangebyscore(node_index_key(p), "-inf", now_ms)
+            record = json.dumps(asdict(node))
+            node_keys = [node_key(p, node.node_id), node_index_key(p)]
+            pipe.eval(_NODE, 2, *node_keys, record, self._ttl_ms, node.node_id)
             for s in streams:
                 keys = [owner_key(p, s.stream), stream_info_key(p, s.stream)]
                 pipe.eval(_BEAT, 2, *keys, node.node_id, self._ttl_ms, json.dumps(asdict(s)))
             results = await pipe.execute()
-            beats = results[3:]
-            owned = {s.stream: expires for s, ok in zip(streams, beats, strict=True) if ok}
-            lost = [s.stream for s, ok in zip(streams, beats, strict=True) if not ok]
+            now_ms, beats = int(results[0]), results[1:]
+            # Each index score is the instant its record expires, from the same script
+            # that wrote it: a node that stalls mid-heartbeat cannot make a record leave
+            # the listings while its keys (its claims) live on.
+            owned = {
+                s.stream: int(at) + self._ttl_ms for s, at in zip(streams, beats, strict=True) if at
+            }
+            lost = [s.stream for s, at in zip(streams, beats, strict=True) if not at]
             pipe = self._client.pipeline(transaction=False)
             if owned:  # lost streams stay: their new owner's heartbeat scores them
                 pipe.zadd(stream_index_key(p), owned)
