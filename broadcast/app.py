@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broadcast.config import Settings
+from broadcast.drain import Drain
 from broadcast.errors import BroadcastError, MethodNotAllowed, NotFound
 from broadcast.http.common import problem_response
 from broadcast.http.endpoints import Endpoints
@@ -21,6 +22,7 @@ from broadcast.http.layers import LayerExtension
 from broadcast.http.ops import Ops
 from broadcast.http.pages import Pages
 from broadcast.media import aiortc_glue as glue
+from broadcast.media import udpmux
 from broadcast.media.hub import Hub
 from broadcast.registry.base import NodeInfo, StreamRegistry
 from broadcast.registry.memory import MemoryRegistry
@@ -52,6 +54,7 @@ def create_app(settings: Settings, registry: StreamRegistry | None = None) -> St
     glue.defer_bitrate_estimators()
     glue.echo_offered_payload_types()
     glue.restrict_host_addresses(settings.ice_addresses)
+    udpmux.install()
     registry = registry or _registry(settings)
     hub = Hub(settings, registry, _server_ice_servers(settings))
     ops = Ops(hub, settings)
@@ -95,6 +98,7 @@ def create_app(settings: Settings, registry: StreamRegistry | None = None) -> St
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    app.state.drain = Drain(hub, ops, events, settings)
     app.state.hub = hub
     app.state.ops = ops
     app.state.settings = settings

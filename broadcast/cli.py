@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from broadcast import __version__
 from broadcast.app import create_app
 from broadcast.config import load_settings
+from broadcast.drain import DrainingServer
 from broadcast.workers import run_workers
 
 __all__ = ["main"]
@@ -47,10 +48,8 @@ def serve(host: str | None, port: int | None) -> None:
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         raise SystemExit(status)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
     )
+    DrainingServer(config, app.state.drain).run()

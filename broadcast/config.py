@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from typing import Annotated, Any, Literal
@@ -43,7 +44,8 @@ class Settings(BaseSettings):
     turn_ttl: int = Field(default=86400, gt=0)
     udp_port: int | None = Field(default=None, ge=1, le=65535)
     record_dir: str | None = None
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # The CPUs this process may run on (a container's cpuset), not the machine's count.
+    workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1, ge=1)
     public_ips: CommaList = []
     ice_addresses: CommaList = []
     drain_timeout: float = Field(default=3600.0, ge=0)
@@ -83,6 +85,16 @@ class Settings(BaseSettings):
                 "upstream sessions with it"
             )
         return self
+
+    @field_validator("public_ips", "ice_addresses")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return value
 
     @field_validator("ice_servers")
     @classmethod

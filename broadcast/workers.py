@@ -77,11 +77,14 @@ class Layout:
         return self.local_url(index)
 
     def worker_settings(self, index: int) -> Settings:
+        udp = self.settings.udp_port
         return self.settings.model_copy(
             update={
                 "node_id": self.node_id(index),
                 "public_url": self.record_url(index),
                 "workers": 1,
+                # One media port per worker: BROADCAST_UDP_PORT + index.
+                "udp_port": None if udp is None else udp + index,
             }
         )
 
@@ -104,9 +107,10 @@ def _listen(host: str, port: int, *, shared: bool) -> socket.socket:
 
 
 def _die_with_parent(parent: int) -> None:
-    """The kernel sends SIGTERM to this worker when the supervisor dies (prctl(2))."""
+    """The kernel sends SIGINT (stop now, no drain) to this worker when the supervisor
+    dies (prctl(2))."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
     if os.getppid() != parent:  # it died before prctl took effect
         raise SystemExit(1)
 
@@ -114,6 +118,7 @@ def _die_with_parent(parent: int) -> None:
 def worker_main(settings: Settings, index: int, registry_path: str | None, parent: int) -> None:
     """The body of worker process `index` (multiprocessing, spawn start method)."""
     from broadcast.app import create_app
+    from broadcast.drain import DrainingServer
     from broadcast.http.affinity import WorkerRouter
     from broadcast.media.session import set_worker_index
     from broadcast.registry.local import LocalRegistry
@@ -143,11 +148,12 @@ def worker_main(settings: Settings, index: int, registry_path: str | None, paren
         _listen(settings.host, layout.private_port(index), shared=False),
     ]
     config = uvicorn.Config(router, log_level=settings.log_level, access_log=False)
-    uvicorn.Server(config).run(sockets=sockets)
+    DrainingServer(config, app.state.drain).run(sockets=sockets)
 
 
 def run_workers(settings: Settings) -> int:
-    """Run the supervisor until SIGTERM/SIGINT; the exit status."""
+    """Run the supervisor until its workers drained (SIGTERM) or SIGINT / a second
+    SIGTERM; the exit status."""
     if settings.port == 0:
         raise ValueError("BROADCAST_WORKERS > 1 needs a fixed BROADCAST_PORT (not 0)")
     if settings.cluster_secret is None:
@@ -163,16 +169,30 @@ async def _supervise(settings: Settings) -> int:
     layout = Layout(settings)
     context = multiprocessing.get_context("spawn")
     stop = asyncio.Event()
+    draining = False
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    workers: dict[int, tuple[BaseProcess, float]] = {}
+
+    def on_sigterm() -> None:
+        # The first SIGTERM drains every worker (broadcast.drain); the second stops them.
+        nonlocal draining
+        if draining:
+            stop.set()
+            return
+        draining = True
+        logger.info("draining %d workers", len(workers))
+        for process, _ in workers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     with tempfile.TemporaryDirectory(prefix="broadcast-") as directory:  # mode 0700
         table: ClaimTable | None = None
         path: str | None = None
         if not settings.redis_url:
             table, path = ClaimTable(), os.path.join(directory, "registry.sock")
             server = await serve_table(table, path)
-        workers: dict[int, tuple[BaseProcess, float]] = {}
         failed = dict.fromkeys(range(layout.count), 0)  # failed starts in a row
 
         def start(index: int) -> None:
@@ -191,8 +211,10 @@ async def _supervise(settings: Settings) -> int:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+            if draining and not any(p.is_alive() for p, _ in workers.values()):
+                break  # drained
             for index, (process, started) in list(workers.items()):
-                if process.is_alive() or stop.is_set():
+                if process.is_alive() or stop.is_set() or draining:
                     continue
                 if table is not None:
                     table.forget(layout.node_id(index))

@@ -66,3 +66,11 @@ def test_a_relaying_cluster_needs_the_cluster_secret() -> None:
         Settings(redis_url="redis://127.0.0.1:6379/0")
     assert Settings(redis_url="redis://r:6379/0", cluster_secret="s").cluster_secret == "s"
     assert Settings(redis_url="redis://r:6379/0", cluster_mode="redirect").cluster_secret is None
+
+
+def test_public_and_ice_addresses_must_be_ip_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROADCAST_PUBLIC_IPS", "203.0.113.7, example.com")
+    with pytest.raises(ValueError, match="'example.com' is not an IP address"):
+        load_settings()
+    monkeypatch.setenv("BROADCAST_PUBLIC_IPS", "203.0.113.7,2001:db8::1")
+    assert load_settings().public_ips == ["203.0.113.7", "2001:db8::1"]

@@ -78,10 +78,11 @@ class EventsExtension:
             Route("/whep/{stream}/{session}/sse/{subscription}", self.events, methods=["GET"]),
         ]
 
-    def announce_reconnect(self, url: str) -> None:
-        """Ask every subscriber to rejoin at `url` (a draining node)."""
+    def announce_reconnect(self, base_url: str) -> None:
+        """Ask every subscriber to rejoin its stream on the node at `base_url` (this one
+        is draining)."""
         for sub in self.subscriptions.values():
-            sub.reconnect_url = url
+            sub.reconnect_url = f"{base_url.rstrip('/')}/whep/{sub.session.stream.name}"
 
     async def subscribe(self, request: Request) -> Response:
         cors = cors_headers(request, self.settings, methods="POST, OPTIONS")

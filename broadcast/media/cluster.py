@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import NoReturn
 
 from broadcast.config import Settings
 from broadcast.errors import ServiceUnavailable, TemporaryRedirect
@@ -214,6 +215,29 @@ class Cluster:
             logger.info("cannot relay %s yet: %s", name, exc.detail)
         finally:
             self._opening.discard(name)
+
+    async def other_node(self) -> NodeInfo | None:
+        """The least loaded live node, other than this one, that is not draining."""
+        others = [
+            n for n in await self.registry.nodes() if n.node_id != self.node_id and not n.draining
+        ]
+        return min(others, key=lambda n: (n.viewers, n.cpu), default=None)
+
+    async def elsewhere(self, role: str, name: str, query: str) -> NoReturn:
+        """A new session while this node drains: 307 to another node, else 503."""
+        try:
+            target = await self.other_node()
+        except RegistryUnavailable:
+            target = None
+        if target is None:
+            raise ServiceUnavailable(
+                "this node is shutting down and no other node takes new sessions; try again",
+                retry_after=5,
+            )
+        location = f"{target.url.rstrip('/')}/{role}/{name}" + (f"?{query}" if query else "")
+        raise TemporaryRedirect(
+            f"this node is shutting down; {target.node_id} takes new sessions", location=location
+        )
 
     async def origin_of(self, name: str) -> NodeInfo | None:
         """The live node, other than this one, that `name` is published on."""

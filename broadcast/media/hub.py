@@ -10,6 +10,7 @@ from prometheus_client import Counter, Histogram
 
 from broadcast.config import Settings
 from broadcast.errors import Conflict, NotFound, UnprocessableContent
+from broadcast.media import udpmux
 from broadcast.media.cluster import Cluster
 from broadcast.media.publisher import PublisherSession
 from broadcast.media.relay import Relay, UpstreamSession
@@ -52,9 +53,12 @@ class Hub:
         )
         for reason in ("down", "up", "viewer"):
             self.layer_switches.labels(reason)
+        self.draining = False  # new sessions go elsewhere (broadcast.drain)
         self._janitor: asyncio.Task[None] | None = None
         self._egress_ended = 0  # octets sent to viewers whose sessions ended
-        self.relay = Relay(settings, ice_servers, self._stream, self.viewer_count)
+        # One UDP port and/or NAT 1:1 addresses for this process's ICE (None: aioice's way).
+        self.gathering = udpmux.plan(settings.udp_port, settings.public_ips, settings.ice_addresses)
+        self.relay = Relay(settings, ice_servers, self._stream, self.viewer_count, self.gathering)
         self.cluster = Cluster(
             settings,
             registry,
@@ -66,6 +70,8 @@ class Hub:
         )
 
     async def start(self) -> None:
+        if isinstance(self.gathering, udpmux.UdpMux):
+            await self.gathering.open()
         self._janitor = asyncio.ensure_future(self._janitor_loop())
         self.cluster.start()
 
@@ -80,6 +86,8 @@ class Hub:
         for stream in self.streams.values():
             stream.close()
         self.streams.clear()
+        if isinstance(self.gathering, udpmux.UdpMux):
+            self.gathering.close()
 
     def _stream(self, name: str) -> Stream:
         stream = self.streams.get(name)
@@ -93,6 +101,8 @@ class Hub:
         self, name: str, offer_sdp: str, simulcast: dict[int, Simulcast] | None = None
     ) -> PublisherSession:
         """Start a WHIP session; `simulcast`: the offer's, per m-line index."""
+        if self.draining:
+            await self.cluster.elsewhere("whip", name, "")
         stream = self._stream(name)
         now = asyncio.get_event_loop().time()
         current = stream.publisher
@@ -130,6 +140,9 @@ class Hub:
             await session.pc.close()
             raise
         self.sessions[session.id] = session
+        # Write the stream's record now, with the claim: the cluster lists the stream at
+        # once, and the record never expires before the claim it describes.
+        spawn(self.cluster.beat())
         return session
 
     async def play(
@@ -137,6 +150,8 @@ class Hub:
     ) -> ViewerSession:
         """Start a WHEP session; `layer`: the simulcast rid to receive (None: highest);
         `hops`: relay hops between the asking node and the origin (0: a client)."""
+        if self.draining and hops == 0:  # other nodes' upstreams still pull from here
+            await self.cluster.elsewhere("whep", name, "" if layer is None else f"layer={layer}")
         stream = self.streams.get(name)
         if stream is None or stream.publisher is None:
             # Published on another node? Redirect there, or relay it here.
@@ -163,7 +178,8 @@ class Hub:
 
     async def _negotiate(self, session: Session, offer_sdp: str) -> str:
         try:
-            session.answer = await session.negotiate(offer_sdp)
+            with udpmux.gathering_on(self.gathering):
+                session.answer = await session.negotiate(offer_sdp)
         except Exception as exc:
             session.ended = True
             await session.pc.close()

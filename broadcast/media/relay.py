@@ -22,6 +22,7 @@ from aiortc import RTCIceServer, RTCSessionDescription
 
 from broadcast.config import Settings
 from broadcast.errors import ServiceUnavailable
+from broadcast.media import udpmux
 from broadcast.media.publisher import PublisherSession
 from broadcast.media.session import Session
 from broadcast.registry.base import NodeInfo
@@ -127,9 +128,11 @@ class Relay:
         ice_servers: list[RTCIceServer],
         stream_for: Callable[[str], Stream],
         viewers_of: Callable[[Stream], int],
+        gathering: udpmux.Gathering | None = None,
     ) -> None:
         self.settings = settings
         self.ice_servers = ice_servers
+        self.gathering = gathering  # the upstreams' ICE shares the node's media port
         self._stream_for = stream_for
         self._viewers_of = viewers_of
         self.upstreams: dict[str, UpstreamSession] = {}
@@ -174,10 +177,11 @@ class Relay:
         self.upstreams[name] = upstream
         self._unwatched_since.pop(name, None)
         try:
-            await asyncio.wait_for(
-                upstream.open(self._client, self.settings.cluster_secret, upstream.hops),
-                OPEN_TIMEOUT,
-            )
+            with udpmux.gathering_on(self.gathering):
+                await asyncio.wait_for(
+                    upstream.open(self._client, self.settings.cluster_secret, upstream.hops),
+                    OPEN_TIMEOUT,
+                )
         except BaseException as exc:  # cancelled too: never leave a half-open upstream
             upstream.end(f"opening failed: {exc!r}")
             if isinstance(exc, ServiceUnavailable | asyncio.CancelledError):
