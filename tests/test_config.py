@@ -70,7 +70,7 @@ def test_a_relaying_cluster_needs_the_cluster_secret() -> None:
 
 def test_public_and_ice_addresses_must_be_ip_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROADCAST_PUBLIC_IPS", "203.0.113.7, example.com")
-    with pytest.raises(ValueError, match="'example.com' is not an IP address"):
+    with pytest.raises(ValueError, match=r"'example\.com' is not an IP address"):
         load_settings()
     monkeypatch.setenv("BROADCAST_PUBLIC_IPS", "203.0.113.7,2001:db8::1")
     assert load_settings().public_ips == ["203.0.113.7", "2001:db8::1"]
