@@ -64,11 +64,13 @@ def create_app(settings: Settings, registry: StreamRegistry | None = None) -> St
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
+        ops.loop_lag.start()
         logger.info("broadcast node %s serving at %s", settings.node_id, settings.base_url)
         try:
             yield
         finally:
             ops.ready = False
+            await ops.loop_lag.stop()
             await hub.close()
             await registry.close()
 

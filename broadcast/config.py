@@ -12,11 +12,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from broadcast.protocol.links import ice_server_links
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "SECRETS", "Settings", "describe", "load_settings"]
 
 ENV_PREFIX = "BROADCAST_"
 
 CommaList = Annotated[list[str], NoDecode]
+SECRETS = ("publish_token", "viewer_token", "turn_secret", "cluster_secret")
 
 
 class Settings(BaseSettings):
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=131072, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # json: one object per line; console: readable lines; auto: json unless a terminal
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("ice_servers", "public_ips", "ice_addresses", "allow_origins", mode="before")
     @classmethod
@@ -125,3 +128,27 @@ def load_settings(**overrides: Any) -> Settings:
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}; see README for the list")
     return Settings(**overrides)
+
+
+def describe(settings: Settings) -> list[str]:
+    """The effective settings as `BROADCAST_NAME=value` lines, secrets shown only as set
+    or not, and a password in the Redis URL left out."""
+    lines = []
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRETS:
+            text = "" if value is None else "<set>"
+        elif isinstance(value, list):
+            text = ",".join(value)
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        elif value is None:
+            text = ""
+        elif name == "redis_url":
+            scheme, sep, rest = str(value).partition("://")
+            netloc, slash, path = rest.partition("/")
+            text = f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}"
+        else:
+            text = str(value)
+        lines.append(f"{ENV_PREFIX}{name.upper()}={text}")
+    return lines

@@ -71,7 +71,10 @@ class Drain:
         while self.hub.sessions and loop.time() < deadline:
             await asyncio.sleep(POLL)
         left = len(self.hub.sessions)
-        logger.info("drained" if not left else "drain timeout: %d sessions cut", left)
+        if left:
+            logger.warning("drain timeout: %d sessions cut", left)
+        else:
+            logger.info("drained: every session has left")
         exit()
 
 

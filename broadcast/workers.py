@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from broadcast import logs
 from broadcast.config import Settings
 
 __all__ = ["Layout", "run_workers"]
@@ -124,11 +125,7 @@ def worker_main(settings: Settings, index: int, registry_path: str | None, paren
     from broadcast.registry.local import LocalRegistry
 
     _die_with_parent(parent)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s w{index} %(name)s %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per relay request
+    logs.configure(settings.log_level, settings.log_format, Layout(settings).node_id(index))
     set_worker_index(index)
     layout = Layout(settings)
     registry = LocalRegistry(registry_path) if registry_path else None
@@ -147,7 +144,7 @@ def worker_main(settings: Settings, index: int, registry_path: str | None, paren
         _listen(settings.host, settings.port, shared=True),
         _listen(settings.host, layout.private_port(index), shared=False),
     ]
-    config = uvicorn.Config(router, log_level=settings.log_level, access_log=False)
+    config = uvicorn.Config(router, log_level=settings.log_level, log_config=None, access_log=False)
     DrainingServer(config, app.state.drain).run(sockets=sockets)
 
 

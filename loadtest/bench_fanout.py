@@ -52,9 +52,29 @@ def proc_sample(pid: int) -> dict[str, float]:
     return out | {"c1_busy": busy, "c1_all": sum(j)}
 
 
-def start_server(port: int, module: str = "broadcast") -> subprocess.Popen[bytes]:
-    """`python -m <module> ... --port` pinned to CPU 0, once it listens (broadcast: `serve`)."""
+def udp_sockets(pid: int) -> int:
+    """UDP sockets process `pid` holds now (its fds that /proc/net/udp{,6} lists)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    udp = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        rows = Path(table).read_text().splitlines()[1:]
+        udp += sum(row.split()[9] in inodes for row in rows)
+    return udp
+
+
+def start_server(
+    port: int, module: str = "broadcast", udp_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m <module> ... --port` pinned to CPU 0, once it listens (broadcast: `serve`);
+    `udp_port`: all media on that one UDP port (BROADCAST_UDP_PORT)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
+    if udp_port is not None:
+        env["BROADCAST_UDP_PORT"] = str(udp_port)
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
     env["BROADCAST_WORKERS"] = "1"  # one process on the one pinned core
     env["PYTHONPATH"] = str(ROOT)
@@ -163,6 +183,7 @@ def run_step(args: argparse.Namespace, pid: int, port: int, n: int, tmp: Path) -
     s["loss_pct"] = agg["loss_pct"]
     s["bitrate_bps_per_viewer"] = agg["bitrate_bps"] / max(1, agg["receiving"])
     s["server_rss_bytes"], s["server_rss_window_end"] = proc_sample(pid)["rss"], b["rss"]
+    s["server_udp_sockets"] = udp_sockets(pid)
     s["client_cpu1_busy"] = (b["c1_busy"] - a["c1_busy"]) / max(1, b["c1_all"] - a["c1_all"])
     s["udp_rcvbuf_errors"] = mach.get("udp_rcvbuf_errors")
     s |= {k: agg[k] for k in ("receiving", "failed", "packets_received", "packets_lost")}
@@ -235,6 +256,7 @@ def main() -> int:
     )
     add_step_arguments(ap, ramp_per_viewer=0.1)
     ap.add_argument("--max-client-busy", type=float, default=0.95, help="CPU 1 busy fraction")
+    ap.add_argument("--udp-port", type=int, help="run the server with BROADCAST_UDP_PORT")
     ap.add_argument("--json", type=Path, default=Path("loadtest/results/bench_fanout.json"))
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
@@ -256,7 +278,7 @@ def main() -> int:
     server = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        server = start_server(port)
+        server = start_server(port, udp_port=args.udp_port)
         r["server"] = {"pid": server.pid, "port": port, "rss_idle": proc_sample(server.pid)["rss"]}
         with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
             for n in args.steps:

@@ -139,6 +139,13 @@ class Endpoints:
             # draft-ietf-wish-whep §4.1: HEAD (and GET) answer 200 with the media type
             # of the POST body, no content; RFC 9725 asks the same 2xx of GET.
             return Response(b"", status_code=200, headers={"Accept-Post": SDP, "Content-Type": SDP})
+        try:
+            return await self._post(request, name)
+        except BroadcastError as error:
+            self.hub.ledger.refused(self.role, error)
+            raise
+
+    async def _post(self, request: Request, name: str) -> Response:
         hops = self._authorize(request)
         require_media_type(request, SDP, header="Accept-Post")
         offer = await read_text_body(request, self.settings.max_body_bytes)

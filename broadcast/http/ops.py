@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import time
 import weakref
-from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,12 +13,6 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeHistogramMetricFamily,
-    GaugeMetricFamily,
-)
-from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,87 +20,14 @@ from starlette.routing import Route
 from broadcast.config import Settings
 from broadcast.errors import BroadcastError, NotFound
 from broadcast.http.common import cors_headers, problem_response, stream_name
+from broadcast.http.metrics import HubCollector, LoopLag
 from broadcast.media.hub import Hub
 from broadcast.media.relay import UpstreamSession
-from broadcast.media.viewer import ViewerSession
 from broadcast.registry.base import RegistryUnavailable
 from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.stream import Stream
 
 __all__ = ["Ops"]
-
-
-class HubCollector(Collector):
-    """Reads the hub at scrape time, so nothing is counted twice on the hot path."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
-    def collect(
-        self,
-    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | GaugeHistogramMetricFamily]:
-        streams = GaugeMetricFamily("broadcast_streams", "Streams with a live publisher")
-        streams.add_metric([], len(self.hub.live_streams()))
-        sessions = GaugeMetricFamily("broadcast_sessions", "Open sessions", labels=["role"])
-        for role in ("whip", "whep"):
-            sessions.add_metric([role], sum(s.role == role for s in self.hub.sessions.values()))
-        ingest = CounterMetricFamily(
-            "broadcast_ingest_packets", "RTP packets received from publishers", labels=["kind"]
-        )
-        for kind in ("audio", "video"):
-            packets = sum(f.packets for s in self.hub.streams.values() for f in s.track_feeds(kind))
-            ingest.add_metric([kind], packets)
-        relays = GaugeMetricFamily(
-            "broadcast_relay_upstreams", "Streams this node relays from another (origin) node"
-        )
-        relays.add_metric([], len(self.hub.relay.upstreams))
-        registry = GaugeMetricFamily(
-            "broadcast_registry_up", "1 while the stream registry answered the last heartbeat"
-        )
-        registry.add_metric([], int(self.hub.cluster.available))
-        yield from (streams, sessions, ingest, relays, registry, *self._viewer_layers())
-
-    def _viewer_layers(self) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
-        """Which layer viewers receive and what the ABR policy estimates their links carry.
-
-        Aggregates only (labels stay bounded): each viewer's own values are in
-        /api/streams/{stream}.
-        """
-        layers = GaugeMetricFamily(
-            "broadcast_viewer_layers",
-            "Viewers by the simulcast layer (rid) they receive; none: not simulcast",
-            labels=["layer"],
-        )
-        counts: dict[str, int] = {}
-        estimates: list[float] = []
-        for session in self.hub.sessions.values():
-            if not isinstance(session, ViewerSession):
-                continue
-            video = session.downtracks.get("video")
-            if video is None:
-                continue
-            rid = video.source.rid if video.source is not None else None
-            counts[rid or "none"] = counts.get(rid or "none", 0) + 1
-            if session.abr.estimate is not None:
-                estimates.append(session.abr.estimate)
-        for rid, count in sorted(counts.items()):
-            layers.add_metric([rid], count)
-        buckets = [(_bucket_label(b), sum(e <= b for e in estimates)) for b in ESTIMATE_BUCKETS]
-        yield layers
-        yield GaugeHistogramMetricFamily(
-            "broadcast_viewer_estimate_bps",
-            "Viewers' link estimates held by the ABR policy (viewers that met congestion)",
-            buckets=[*buckets, ("+Inf", len(estimates))],
-            gsum_value=sum(estimates),
-        )
-
-
-# Bit/s: the bitrates that separate common simulcast layers.
-ESTIMATE_BUCKETS = (150e3, 300e3, 500e3, 1e6, 1.5e6, 2.5e6, 4e6, 8e6)
-
-
-def _bucket_label(bound: float) -> str:
-    return f"{bound:.0f}"
 
 
 class Ops:
@@ -118,8 +38,16 @@ class Ops:
         self.ready = True
         self.registry = CollectorRegistry()
         self.registry.register(HubCollector(hub))
-        self.registry.register(hub.forward_delay)
-        self.registry.register(hub.layer_switches)
+        self.loop_lag = LoopLag()
+        for collector in (
+            hub.forward_delay,
+            hub.layer_switches,
+            hub.ledger.joins,
+            hub.ledger.join_failures,
+            hub.ledger.join_seconds,
+            self.loop_lag.histogram,
+        ):
+            self.registry.register(collector)
         # process_cpu_seconds_total, process_resident_memory_bytes: what load tests read.
         ProcessCollector(registry=self.registry)
         self._samples: weakref.WeakKeyDictionary[TrackFeed, tuple[float, int]] = (

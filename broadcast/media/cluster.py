@@ -58,6 +58,7 @@ class Cluster:
         self._served = served  # upstream sessions of other nodes on a stream here
         self.available = True  # the registry answered the last heartbeat
         self.draining = False
+        self.cpu = 0.0  # fraction of one core this process used over the last heartbeat
         self._tasks: list[asyncio.Task[None]] = []
         self._opening: set[str] = set()  # streams whose upstream is being opened
         self._missing: dict[str, int] = {}  # relayed streams: beats their claim was absent
@@ -96,13 +97,14 @@ class Cluster:
         then, octets_then, cpu_then = self._mark
         self._mark = (now, octets, cpu)
         elapsed = max(now - then, 1e-3)
+        self.cpu = (cpu - cpu_then) / elapsed
         viewers = sum(self._viewers_of(s) for s in self._streams())
         return NodeInfo(
             node_id=self.node_id,
             url=self.url,
             viewers=viewers,
             egress_bps=(octets - octets_then) * 8 / elapsed,
-            cpu=(cpu - cpu_then) / elapsed,
+            cpu=self.cpu,
             draining=self.draining,
             sources=tuple(self._sources()),
         )

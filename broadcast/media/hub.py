@@ -12,6 +12,7 @@ from broadcast.config import Settings
 from broadcast.errors import Conflict, NotFound, UnprocessableContent
 from broadcast.media import udpmux
 from broadcast.media.cluster import Cluster
+from broadcast.media.ledger import Ledger
 from broadcast.media.publisher import PublisherSession
 from broadcast.media.relay import Relay, UpstreamSession
 from broadcast.media.session import Session
@@ -55,7 +56,7 @@ class Hub:
             self.layer_switches.labels(reason)
         self.draining = False  # new sessions go elsewhere (broadcast.drain)
         self._janitor: asyncio.Task[None] | None = None
-        self._egress_ended = 0  # octets sent to viewers whose sessions ended
+        self.ledger = Ledger()  # joins, refusals, and the counters of what has ended
         # One UDP port and/or NAT 1:1 addresses for this process's ICE (None: aioice's way).
         self.gathering = udpmux.plan(settings.udp_port, settings.public_ips, settings.ice_addresses)
         self.relay = Relay(settings, ice_servers, self._stream, self.viewer_count, self.gathering)
@@ -101,6 +102,7 @@ class Hub:
         self, name: str, offer_sdp: str, simulcast: dict[int, Simulcast] | None = None
     ) -> PublisherSession:
         """Start a WHIP session; `simulcast`: the offer's, per m-line index."""
+        posted_at = asyncio.get_running_loop().time()
         if self.draining:
             await self.cluster.elsewhere("whip", name, "")
         stream = self._stream(name)
@@ -140,6 +142,7 @@ class Hub:
             await session.pc.close()
             raise
         self.sessions[session.id] = session
+        self.ledger.started(session, posted_at, self.settings.connect_timeout)
         # Write the stream's record now, with the claim: the cluster lists the stream at
         # once, and the record never expires before the claim it describes.
         spawn(self.cluster.beat())
@@ -150,6 +153,7 @@ class Hub:
     ) -> ViewerSession:
         """Start a WHEP session; `layer`: the simulcast rid to receive (None: highest);
         `hops`: relay hops between the asking node and the origin (0: a client)."""
+        posted_at = asyncio.get_running_loop().time()
         if self.draining and hops == 0:  # other nodes' upstreams still pull from here
             await self.cluster.elsewhere("whep", name, "" if layer is None else f"layer={layer}")
         stream = self.streams.get(name)
@@ -174,6 +178,7 @@ class Hub:
         )
         await self._negotiate(session, offer_sdp)
         self.sessions[session.id] = session
+        self.ledger.started(session, posted_at, self.settings.connect_timeout)
         return session
 
     async def _negotiate(self, session: Session, offer_sdp: str) -> str:
@@ -200,8 +205,7 @@ class Hub:
 
     def _ended(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
-        if isinstance(session, ViewerSession):
-            self._egress_ended += sum(d.octets for d in session.downtracks.values())
+        self.ledger.session_ended(session)
 
     def egress_octets(self) -> int:
         """Media octets sent to viewers so far (RTP payloads)."""
@@ -211,7 +215,7 @@ class Hub:
             if isinstance(s, ViewerSession)
             for d in s.downtracks.values()
         )
-        return self._egress_ended + live
+        return self.ledger.ended.egress_octets + live
 
     def viewer_count(self, stream: Stream) -> int:
         return len(self.viewers_of(stream))
@@ -228,6 +232,7 @@ class Hub:
             if idle is not None and now - idle < grace:
                 return  # a reconnecting publisher gets its stream back
             del self.streams[stream.name]
+            self.ledger.stream_removed(stream)
             stream.close()
             spawn(self._release(stream.name))
 
