@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer
 from tests.support.peers import Publisher, Viewer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -65,6 +70,11 @@ async def test_counters_move_as_media_flows(server: RunningServer) -> None:
         assert value(later, "broadcast_event_loop_lag_seconds_count") > 0
         assert value(later, "broadcast_plis_total", direction="out") >= 0
         assert ("broadcast_cpu_ratio", ()) in later
+        # Every series the Grafana dashboard and the autoscaler query is really served.
+        served = {name for name, _ in later}
+        for path in ("k8s/grafana-dashboard.json", "k8s/monitoring/prometheus-adapter-rules.yaml"):
+            queried = set(re.findall(r"broadcast_[a-z_]+", (ROOT / path).read_text()))
+            assert queried and queried <= served, (path, queried - served)
 
         sent = value(later, "broadcast_egress_packets_total")
         await viewer.stop(client)  # the DELETE's answer comes after the session ended
