@@ -145,6 +145,7 @@ def run_step(args: argparse.Namespace, pid: int, port: int, n: int, tmp: Path) -
     cmd += ["--width", str(args.width), "--height", str(args.height), "--bitrate", args.bitrate]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     samples: dict[float, dict[str, float]] = {}  # the tool's t -> /proc at that line's arrival
+    udp: int | None = None
     p = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -153,6 +154,8 @@ def run_step(args: argparse.Namespace, pid: int, port: int, n: int, tmp: Path) -
         for line in p.stderr:  # progress lines, once a second, as they happen
             if m := LINE.match(line):
                 samples[float(m.group(1))] = proc_sample(pid)
+                if float(m.group(1)) >= ramp + args.settle and udp is None:
+                    udp = udp_sockets(pid)  # with every viewer connected
             elif not line.startswith("loadtest: publishing"):
                 print(f"  [N={n}] {line.rstrip()}", file=sys.stderr)
         p.wait(60)
@@ -183,7 +186,7 @@ def run_step(args: argparse.Namespace, pid: int, port: int, n: int, tmp: Path) -
     s["loss_pct"] = agg["loss_pct"]
     s["bitrate_bps_per_viewer"] = agg["bitrate_bps"] / max(1, agg["receiving"])
     s["server_rss_bytes"], s["server_rss_window_end"] = proc_sample(pid)["rss"], b["rss"]
-    s["server_udp_sockets"] = udp_sockets(pid)
+    s["server_udp_sockets"] = udp
     s["client_cpu1_busy"] = (b["c1_busy"] - a["c1_busy"]) / max(1, b["c1_all"] - a["c1_all"])
     s["udp_rcvbuf_errors"] = mach.get("udp_rcvbuf_errors")
     s |= {k: agg[k] for k in ("receiving", "failed", "packets_received", "packets_lost")}

@@ -43,6 +43,8 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 from aioice.utils import random_string
 
+from broadcast.media.icetcp import IceTcpServer, tcp_candidate
+
 __all__ = ["Gathering", "PublicAddresses", "UdpMux", "gathering_on", "install", "plan"]
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,8 @@ class UdpMux(asyncio.DatagramProtocol):
         self.sendto: Any = None
         self._by_ufrag: dict[str, list[_MuxedProtocol]] = {}
         self._by_addr: dict[Address, _MuxedProtocol] = {}
+        self._tcp: dict[str, Candidate] = {}  # ufrag -> its passive ICE-TCP candidate
+        self.tcp = IceTcpServer(self)  # RFC 6544 on the same port number, for UDP-less viewers
         self.unrouted = 0  # datagrams nobody could be found for
 
     async def open(self) -> None:
@@ -130,11 +134,13 @@ class UdpMux(asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self.transport = transport
         self.sendto = transport.sendto
-        logger.info("media on one UDP port: %s:%d", self.bind, self.port)
+        await self.tcp.open()
+        logger.info("media on one port: %s:%d UDP, and TCP for ICE-TCP", self.bind, self.port)
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        self.tcp.close()
 
     @property
     def connections(self) -> int:
@@ -173,7 +179,17 @@ class UdpMux(asyncio.DatagramProtocol):
             protocols.append(protocol)
         self._by_ufrag[ufrag] = protocols
         connection._protocols += protocols
-        return [p.local_candidate for p in protocols]
+        tcp = [tcp_candidate(host, self.port, component) for host in hosts[:1]]
+        if tcp:
+            self._tcp[ufrag] = tcp[0]
+        return [p.local_candidate for p in protocols] + tcp
+
+    def connection_of(self, ufrag: str) -> Connection | None:
+        protocols = self._by_ufrag.get(ufrag)
+        return protocols[0].receiver if protocols else None
+
+    def tcp_candidate_of(self, connection: Connection) -> Candidate | None:
+        return self._tcp.get(connection.local_username)
 
     def learn(self, addr: Address, protocol: _MuxedProtocol) -> None:
         current = self._by_addr.get(addr)
@@ -194,6 +210,7 @@ class UdpMux(asyncio.DatagramProtocol):
             siblings.remove(protocol)
             if not siblings:
                 del self._by_ufrag[ufrag]
+                self._tcp.pop(ufrag, None)
 
     # --- receiving ---------------------------------------------------------------------
 
