@@ -1,7 +1,8 @@
 // The publisher page (GET /publish/{stream}): capture camera or screen, preview, go live over
 // WHIP. Media is requested only after a click (Start preview / Go live), never on load.
 // Capture and the device lists are in publish-media.js, the error messages in
-// publish-messages.js.
+// publish-messages.js. A `#key=...` fragment turns on end-to-end encryption (e2ee.js): the
+// key stays in this page; only VP8 and H.264 can be chosen then (their headers stay clear).
 
 import {
   capture,
@@ -11,6 +12,7 @@ import {
   insecureError,
   listDevices,
 } from "./publish-media.js";
+import { E2EE, e2eeSupported, keyFromFragment } from "./e2ee.js";
 import { explain } from "./publish-messages.js";
 import { WHIPClient } from "./whip.js";
 
@@ -18,6 +20,7 @@ const TOKEN_KEY = "broadcast.publishToken";
 const STREAM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const CODECS = [["VP8", "VP8"], ["H264", "H.264"], ["VP9", "VP9"], ["AV1", "AV1"]];
 const ACTIVE = new Set(["connecting", "live", "reconnecting"]);
+const E2EE_CODECS = new Set(["VP8", "H264"]);
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -28,10 +31,12 @@ const ui = {
   status: $("status"), stats: $("stats"), watchLink: $("watch-link"), copyLink: $("copy-link"),
   source: $("source"), camera: $("camera"), microphone: $("microphone"),
   resolution: $("resolution"), fps: $("fps"), bitrate: $("bitrate"), codec: $("codec"),
-  simulcast: $("simulcast"), token: $("token"),
+  simulcast: $("simulcast"), token: $("token"), e2ee: $("e2ee-indicator"),
 };
 
 const stream = streamFromPath(location.pathname);
+const e2eeKey = keyFromFragment(location.hash);
+let e2ee = null; // the E2EE of the current client
 let media = null; // {stream: MediaStream, video, audio, source} while captured
 let client = null;
 let busy = false;
@@ -57,10 +62,12 @@ function setup() {
   $("stream-name").textContent = stream ?? "(invalid stream name)";
   if (stream) {
     document.title = `Go live: ${stream} · broadcast`;
-    const watch = new URL(`/watch/${encodeURIComponent(stream)}`, location.href).href;
-    ui.watchLink.href = watch;
-    ui.watchLink.textContent = watch;
-    $("nav-watch").href = watch;
+    const watch = new URL(`/watch/${encodeURIComponent(stream)}`, location.href);
+    // Viewers need the key: the link carries it in its fragment, as this page's does.
+    watch.hash = e2eeKey ? `key=${encodeURIComponent(e2eeKey)}` : "";
+    ui.watchLink.href = watch.href;
+    ui.watchLink.textContent = watch.href;
+    $("nav-watch").href = watch.href;
   } else {
     showMessage(
       "This address has no valid stream name. Use /publish/<name> with letters, digits, " +
@@ -88,7 +95,13 @@ function setup() {
     ),
   );
   for (const [value, label] of CODECS) {
-    if (codecs.has(value)) ui.codec.append(new Option(label, value));
+    if (codecs.has(value) && (!e2eeKey || E2EE_CODECS.has(value))) {
+      ui.codec.append(new Option(label, value));
+    }
+  }
+  ui.e2ee.hidden = !e2eeKey;
+  if (e2eeKey && !e2eeSupported()) {
+    showMessage("This browser cannot encrypt end to end (#key= in the address). Use a current Chrome, Edge or Safari.");
   }
 
   ui.previewButton.addEventListener("click", () => startPreview());
@@ -277,9 +290,20 @@ async function goLive() {
   }
 
   const kbps = Number(ui.bitrate.value);
-  const publisher = new WHIPClient(`/whip/${encodeURIComponent(stream)}`, {
-    token: ui.token.value.trim() || undefined,
-  });
+  let publisher;
+  try {
+    e2ee?.close();
+    e2ee = e2eeKey ? startE2EE() : null;
+    publisher = new WHIPClient(`/whip/${encodeURIComponent(stream)}`, {
+      token: ui.token.value.trim() || undefined,
+      e2ee,
+    });
+  } catch (error) {
+    busy = false;
+    showMessage(`Cannot go live: ${error.message}`);
+    render();
+    return;
+  }
   client = publisher;
   exposed.client = publisher;
   publisher.addEventListener("statechange", (e) => publisher === client && onState(e.detail));
@@ -287,7 +311,8 @@ async function goLive() {
   render();
   try {
     await publisher.publish(media.stream, {
-      videoCodec: ui.codec.value || undefined,
+      // "Auto" could land on VP9 or AV1, whose frames cannot be encrypted here.
+      videoCodec: ui.codec.value || (e2eeKey ? "VP8" : undefined),
       maxBitrate: kbps > 0 ? Math.round(kbps * 1000) : undefined,
       simulcast: ui.simulcast.checked,
     });
@@ -323,6 +348,8 @@ function stopAll(statusText) {
   exposed.client = null;
   stopStats();
   publisher?.stop().catch(() => undefined);
+  e2ee?.close();
+  e2ee = null;
   release();
   busy = false;
   setStatus(statusText);
@@ -331,6 +358,16 @@ function stopAll(statusText) {
 
 function teardown() {
   if (client || media) stopAll("Stopped.");
+}
+
+function startE2EE() {
+  const current = new E2EE(e2eeKey);
+  current.addEventListener("counts", (e) => {
+    if (current === e2ee && e.detail.unsupported) {
+      showMessage("The video codec the server chose cannot be encrypted end to end, so no video is sent. Stop, choose VP8 or H.264, and Go live again.");
+    }
+  });
+  return current;
 }
 
 // --- stats --------------------------------------------------------------------------------

@@ -157,7 +157,11 @@ export class WHEPConnection extends EventTarget {
   }
 
   _createPeerConnection(gen) {
-    const pc = new this._PC({ iceServers: this._iceServers, bundlePolicy: "max-bundle" });
+    const pc = new this._PC({
+      iceServers: this._iceServers,
+      bundlePolicy: "max-bundle",
+      ...this.options.e2ee?.peerConfig(),
+    });
     this._pc = pc;
     this._offerSent = false;
     this._pending = [];
@@ -165,7 +169,10 @@ export class WHEPConnection extends EventTarget {
     // Audio first, video second: mids "0" and "1" then equal the m-line indices that the
     // layers event uses as keys.
     for (const kind of ["audio", "video"]) {
-      this._preferCodecs(pc.addTransceiver(kind, { direction: "recvonly" }), kind);
+      const transceiver = pc.addTransceiver(kind, { direction: "recvonly" });
+      this._preferCodecs(transceiver, kind);
+      // Before the first frame arrives: an encrypted frame must never reach the decoder.
+      this.options.e2ee?.receiver(transceiver.receiver, kind);
     }
 
     pc.addEventListener("track", (event) => {

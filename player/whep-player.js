@@ -14,11 +14,16 @@
  *   no-reconnect  do not reconnect automatically.
  *   codecs        comma-separated codecs to offer, e.g. "VP8,H264,opus" (default: all).
  *
- * Properties: video (HTMLVideoElement), client (WHEPClient or null), state.
+ * Properties: video (HTMLVideoElement), client (WHEPClient or null), state, e2eeKey (the
+ * end-to-end encryption passphrase, or null: set it from the page's URL fragment, never
+ * from anything the server sends; setting it reconnects). With a key, a badge says
+ * "End-to-end encrypted", frames that do not decrypt are dropped, and after a few seconds
+ * of those the player says "cannot decrypt: wrong key?".
  * Events: "statechange" (detail {state, reason, delayMs?}), re-dispatched from the client,
  * bubbling and composed.
  */
 
+import { DecryptWatch, E2EE } from "./e2ee.js";
 import { WHEPClient } from "./whep.js";
 
 const STYLE = `
@@ -46,6 +51,8 @@ button[aria-pressed="true"] { background: rgba(255,255,255,.34); }
 select option { color: #000; background: #fff; }
 .unmute[data-muted="true"] { background: #d92f2f; border-color: #ff8080; font-weight: 600; }
 .viewers { padding: 0 4px; white-space: nowrap; }
+.e2ee { padding: 2px 8px; border-radius: 999px; background: rgba(20,110,60,.85);
+  font-size: 12px; white-space: nowrap; }
 [hidden] { display: none !important; }
 .stats { position: absolute; top: 8px; left: 8px; margin: 0; padding: 8px 10px;
   background: rgba(0,0,0,.7); border-radius: 6px; font: 12px/1.5 ui-monospace, monospace;
@@ -77,6 +84,7 @@ const TEMPLATE = `
   <button type="button" class="play" hidden aria-label="Play">Play</button>
   <button type="button" class="unmute" aria-label="Unmute" data-muted="true">Unmute</button>
   <span class="viewers" hidden aria-label="Viewers"></span>
+  <span class="e2ee" part="e2ee" hidden title="Decrypted in this browser with the key in the address">End-to-end encrypted</span>
   <span class="spacer"></span>
   <label class="sr" for="quality">Quality</label>
   <select id="quality" class="quality" hidden aria-label="Quality">
@@ -130,6 +138,7 @@ export class WHEPPlayerElement extends HTMLElement {
       play: $(".play"),
       unmute: $(".unmute"),
       viewers: $(".viewers"),
+      e2ee: $(".e2ee"),
       quality: $(".quality"),
       statsToggle: $(".stats-toggle"),
       fullscreen: $(".fullscreen"),
@@ -140,6 +149,12 @@ export class WHEPPlayerElement extends HTMLElement {
     this._statsTimer = null;
     this._countdown = null;
     this._everPlayed = false;
+    this._e2ee = null;
+    // A key set before this element was upgraded (watch.html does) is an own property that
+    // would hide the accessor: take it over.
+    const early = Object.getOwnPropertyDescriptor(this, "e2eeKey");
+    delete this.e2eeKey;
+    this._e2eeKey = early?.value || null;
     this._onPageHide = () => this._stop();
     this._onPageShow = (e) => e.persisted && this.isConnected && this._restart();
     this._onFullscreen = () => this._syncFullscreen();
@@ -157,6 +172,16 @@ export class WHEPPlayerElement extends HTMLElement {
 
   get state() {
     return this.client ? this.client.state : "idle";
+  }
+
+  get e2eeKey() {
+    return this._e2eeKey;
+  }
+
+  set e2eeKey(value) {
+    if ((value || null) === this._e2eeKey) return;
+    this._e2eeKey = value || null;
+    if (this.isConnected) this._restart();
   }
 
   connectedCallback() {
@@ -195,7 +220,9 @@ export class WHEPPlayerElement extends HTMLElement {
     }
     let client;
     try {
+      this._e2ee = this._e2eeKey ? this._startE2EE(this._e2eeKey) : null;
       client = new WHEPClient(src, {
+        e2ee: this._e2ee,
         token: this.getAttribute("token") || null,
         codecs: this.getAttribute("codecs")?.split(",").filter((c) => c.trim()) || null,
         reconnect: !this.hasAttribute("no-reconnect") || !flag(this, "no-reconnect", true),
@@ -222,8 +249,26 @@ export class WHEPPlayerElement extends HTMLElement {
       this.client = null;
       client.stop();
     }
+    this._e2ee?.close();
+    this._e2ee = null;
+    this._ui.e2ee.hidden = true;
     this._renderLayers([]);
     this._renderViewers(null);
+  }
+
+  _startE2EE(key) {
+    const e2ee = new E2EE(key);
+    const watch = new DecryptWatch();
+    let shown = null;
+    e2ee.addEventListener("counts", (e) => {
+      if (e2ee !== this._e2ee) return;
+      const message = watch.update(e.detail);
+      if (message) this._status(message, true);
+      else if (shown && this._ui.status.textContent === shown) this._status("");
+      shown = message;
+    });
+    this._ui.e2ee.hidden = false;
+    return e2ee;
   }
 
   _attach() {

@@ -24,6 +24,8 @@
  *   options.codecs        e.g. ["VP8", "H264", "opus"]: offer only these (and RTX), in this
  *                         order of preference; kinds with none listed keep the browser's list.
  *                         null = everything the browser can receive. null
+ *   options.e2ee          an E2EE (e2ee.js): frames are decrypted end to end; those that
+ *                         do not decrypt are dropped. null
  *   options.fetch, options.RTCPeerConnection, options.MediaStream   injectable (tests).
  *   options.setTimeout, options.clearTimeout, options.random, options.now  injectable (tests).
  *   options.gatherTimeoutMs   how long to wait for ICE gathering before the POST. 500

@@ -21,6 +21,7 @@
  *   options.gatherTimeout  ms to wait for ICE gathering before the POST (default 800); later
  *                       candidates are trickled with PATCH (RFC 8840).
  *   options.connectTimeout ms from POST until connectionState "connected" (default 15000).
+ *   options.e2ee        an E2EE (e2ee.js): every frame sent is encrypted end to end.
  *
  * Properties (read-only):
  *   state       "idle" | "connecting" | "live" | "reconnecting" | "stopped" | "failed"
@@ -117,6 +118,7 @@ export class WHIPClient extends EventTarget {
     this._Sender = options.RTCRtpSender ?? globalThis.RTCRtpSender;
     this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
     this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
+    this._e2ee = options.e2ee ?? null;
     this.state = "idle";
     this.sessionUrl = null;
     this.etag = null;
@@ -225,6 +227,7 @@ export class WHIPClient extends EventTarget {
       pc = new this._PC({
         iceServers: this._linkIceServers ?? this.iceServers,
         bundlePolicy: "max-bundle",
+        ...this._e2ee?.peerConfig(),
       });
       this.pc = pc;
       this._sample = null;
@@ -285,13 +288,17 @@ export class WHIPClient extends EventTarget {
   _addTransceivers(pc) {
     const { audio, video } = this._tracks;
     const streams = this._stream ? [this._stream] : [];
-    if (audio) pc.addTransceiver(audio, { direction: "sendonly", streams });
+    if (audio) {
+      const transceiver = pc.addTransceiver(audio, { direction: "sendonly", streams });
+      this._e2ee?.sender(transceiver.sender, "audio");
+    }
     if (video) {
       const transceiver = pc.addTransceiver(video, {
         direction: "sendonly",
         streams,
         sendEncodings: videoEncodings(this._options),
       });
+      this._e2ee?.sender(transceiver.sender, "video");
       const codec = this._options.videoCodec;
       const available = this._Sender?.getCapabilities?.("video")?.codecs;
       if (codec && available && transceiver.setCodecPreferences) {
