@@ -12,7 +12,7 @@ from typing import Any, Literal
 from aiortc import RTCIceServer, RTCSessionDescription
 
 from broadcast.media import aiortc_glue as glue
-from broadcast.media import dtls_fast_start
+from broadcast.media import dtls_fast_start, error_budget
 from broadcast.sfu.codecs import CodecSpec
 from broadcast.sfu.stream import Stream
 from broadcast.tasks import spawn
@@ -108,6 +108,15 @@ class Session:
             elif state == "closed":
                 self.end("connection closed")
 
+    def _malformed(self) -> None:
+        self.log.warning(
+            "%s peer sent over %d malformed packets within %.0f s",
+            self.role.upper(),
+            error_budget.LIMIT,
+            error_budget.WINDOW,
+        )
+        self.end("too many malformed packets")
+
     def failure_reason(self) -> str:
         """Why the connection failed, as far as DTLS can tell (else ICE is to blame)."""
         for transceiver in self.pc.getTransceivers():
@@ -126,6 +135,7 @@ class Session:
         self.remote_ufrag = glue.remote_ice_ufrag(self.pc)
         glue.adopt_offered_h264_parameters(self.pc)
         dtls_fast_start.install(self.pc)
+        error_budget.install(self.pc, self._malformed)
         self.prepare()
         # setLocalDescription gathers host candidates, so the answer carries them:
         # non-trickle clients (OBS, FFmpeg) need them there.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import Callable
 from functools import partial
@@ -161,7 +162,8 @@ class ViewerSession(Session):
                             loss=report.fraction_lost / 256, rtt=rtt, **self._since(downtrack)
                         )
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            with contextlib.suppress(ValueError):  # other application feedback than REMB
+            # Other application feedback than REMB, or a REMB too short to unpack.
+            with contextlib.suppress(ValueError, struct.error):
                 bitrate, _ = unpack_remb_fci(packet.fci)
                 self._adapt(remb=bitrate)
 
