@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiortc import RTCIceServer
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from broadcast.config import Settings
 from broadcast.drain import Drain
@@ -19,8 +22,10 @@ from broadcast.http.common import problem_response
 from broadcast.http.endpoints import Endpoints
 from broadcast.http.events import EventsExtension
 from broadcast.http.layers import LayerExtension
+from broadcast.http.openapi import openapi_route
 from broadcast.http.ops import Ops
 from broadcast.http.pages import Pages
+from broadcast.http.ratelimit import RateLimit
 from broadcast.media import aiortc_glue as glue
 from broadcast.media import udpmux
 from broadcast.media.hub import Hub
@@ -47,9 +52,25 @@ def _registry(settings: Settings) -> StreamRegistry:
     return MemoryRegistry(NodeInfo(node_id=settings.node_id, url=settings.base_url))
 
 
-def create_app(settings: Settings, registry: StreamRegistry | None = None) -> Starlette:
+def _relay_exempt(secret: str | None) -> Callable[[Scope], bool]:
+    """Another node's relay session (Bearer <cluster secret>) is not rate limited."""
+    expected = f"Bearer {secret}".encode()
+
+    def exempt(scope: Scope) -> bool:
+        if secret is None:
+            return False
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(header, expected)
+
+    return exempt
+
+
+def create_app(
+    settings: Settings, registry: StreamRegistry | None = None, private_port: int | None = None
+) -> Starlette:
     """The node's application; `registry` replaces the one the settings select (a worker
-    process uses its supervisor's)."""
+    process uses its supervisor's); `private_port`: a worker's own port, where requests a
+    sibling passes on arrive (their client is in X-Forwarded-For)."""
     glue.register_passthrough_codecs()
     glue.defer_bitrate_estimators()
     glue.echo_offered_payload_types()
@@ -96,9 +117,21 @@ def create_app(settings: Settings, registry: StreamRegistry | None = None) -> St
         ).routes(),
         *ops.routes(),
         *Pages().routes(),
+        openapi_route(),
     ]
+    limits = Middleware(
+        RateLimit,
+        rate=settings.rate_limit,
+        burst=settings.rate_burst,
+        trusted_proxies=settings.trusted_proxies,
+        private_port=private_port,
+        exempt=_relay_exempt(settings.cluster_secret),
+    )
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+        middleware=[limits],
     )
     app.state.drain = Drain(hub, ops, events, settings)
     app.state.hub = hub

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from cryptography.hazmat.primitives import serialization
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -17,7 +20,8 @@ __all__ = ["ENV_PREFIX", "SECRETS", "Settings", "describe", "load_settings"]
 ENV_PREFIX = "BROADCAST_"
 
 CommaList = Annotated[list[str], NoDecode]
-SECRETS = ("publish_token", "viewer_token", "turn_secret", "cluster_secret")
+STREAM = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as broadcast.http.common.STREAM_NAME
+SECRETS = ("publish_token", "viewer_token", "turn_secret", "cluster_secret", "jwt_secret")
 
 
 class Settings(BaseSettings):
@@ -40,6 +44,11 @@ class Settings(BaseSettings):
     relay_fanout: int = Field(default=8, ge=1, le=1000)
     publish_token: str | None = None
     viewer_token: str | None = None
+    # `stream=key` pairs: a key admits publishing its stream only.
+    publish_keys: CommaList = []
+    jwt_secret: str | None = Field(default=None, min_length=16)  # HS256 JWTs
+    jwt_public_key_file: str | None = None  # PEM: EdDSA (Ed25519), ES256 or RS256 JWTs
+    jwt_viewers: bool = False  # viewers need a JWT with role "view" (or the viewer token)
     ice_servers: CommaList = []
     turn_secret: str | None = None
     turn_ttl: int = Field(default=86400, gt=0)
@@ -57,12 +66,29 @@ class Settings(BaseSettings):
     # bit/s a publisher's bandwidth estimate starts at (x-google-start-bitrate); 0: none
     publisher_start_bitrate: int = Field(default=1_500_000, ge=0, le=100_000_000)
     connect_timeout: float = Field(default=15.0, gt=0)
-    max_body_bytes: int = Field(default=131072, ge=1024)
+    # Per client address, on POST/PATCH/DELETE: requests a second (0: no limit), burst.
+    rate_limit: float = Field(default=50.0, ge=0)
+    rate_burst: int = Field(default=200, ge=1)
+    trusted_proxies: CommaList = []  # their X-Forwarded-For names the client
+    # 0: no limit. Viewers exclude other nodes' relay sessions.
+    max_publishers: int = Field(default=0, ge=0)
+    max_viewers: int = Field(default=0, ge=0)
+    max_viewers_per_stream: int = Field(default=0, ge=0)
+    max_handshakes: int = Field(default=100, ge=1)  # sessions still doing ICE/DTLS
+    max_body_bytes: int = Field(default=65536, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # json: one object per line; console: readable lines; auto: json unless a terminal
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("ice_servers", "public_ips", "ice_addresses", "allow_origins", mode="before")
+    @field_validator(
+        "ice_servers",
+        "public_ips",
+        "ice_addresses",
+        "allow_origins",
+        "publish_keys",
+        "trusted_proxies",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -70,7 +96,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "publish_token", "viewer_token", "turn_secret", "cluster_secret", mode="before"
+        "publish_token",
+        "viewer_token",
+        "turn_secret",
+        "cluster_secret",
+        "jwt_secret",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -89,7 +120,37 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("public_ips", "ice_addresses")
+    @field_validator("publish_keys")
+    @classmethod
+    def _check_publish_keys(cls, value: list[str]) -> list[str]:
+        streams = set()
+        for pair in value:
+            stream, eq, key = pair.partition("=")
+            if not eq or not STREAM.fullmatch(stream) or len(key) < 8:
+                raise ValueError(
+                    "BROADCAST_PUBLISH_KEYS holds stream=key pairs (stream names of "
+                    "A-Z a-z 0-9 _ -, keys of at least 8 characters)"
+                )
+            if stream in streams:
+                raise ValueError(f"stream {stream!r} has two publish keys")
+            streams.add(stream)
+        return value
+
+    @field_validator("jwt_public_key_file")
+    @classmethod
+    def _check_public_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                serialization.load_pem_public_key(Path(value).read_bytes())
+            except (OSError, ValueError, TypeError) as exc:
+                raise ValueError(f"{value!r} is not a readable PEM public key: {exc}") from None
+        return value
+
+    @property
+    def publish_key_map(self) -> dict[str, str]:
+        return dict(pair.split("=", 1) for pair in self.publish_keys)
+
+    @field_validator("public_ips", "ice_addresses", "trusted_proxies")
     @classmethod
     def _check_addresses(cls, value: list[str]) -> list[str]:
         for address in value:
@@ -138,6 +199,8 @@ def describe(settings: Settings) -> list[str]:
         value = getattr(settings, name)
         if name in SECRETS:
             text = "" if value is None else "<set>"
+        elif name == "publish_keys":
+            text = ",".join(f"{pair.partition('=')[0]}=<set>" for pair in value)
         elif isinstance(value, list):
             text = ",".join(value)
         elif isinstance(value, bool):

@@ -31,6 +31,7 @@ __all__ = [
     "BadRequest",
     "BroadcastError",
     "Conflict",
+    "Forbidden",
     "InvalidSimulcast",
     "InvalidStreamName",
     "MalformedSdp",
@@ -101,6 +102,17 @@ class Unauthorized(BroadcastError):
         challenge = 'Bearer realm="broadcast"'
         if error is not None:
             challenge += f', error="{error}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(BroadcastError):
+    """Valid credentials that do not cover this stream or role (RFC 6750 §3.1)."""
+
+    status = 403
+    title = "Forbidden"
+
+    def __init__(self, detail: str) -> None:
+        challenge = 'Bearer realm="broadcast", error="insufficient_scope"'
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 

@@ -129,7 +129,8 @@ def worker_main(settings: Settings, index: int, registry_path: str | None, paren
     set_worker_index(index)
     layout = Layout(settings)
     registry = LocalRegistry(registry_path) if registry_path else None
-    app = create_app(layout.worker_settings(index), registry=registry)
+    private = layout.private_port(index)
+    app = create_app(layout.worker_settings(index), registry=registry, private_port=private)
     hub = app.state.hub
     router = WorkerRouter(
         app,
@@ -142,7 +143,7 @@ def worker_main(settings: Settings, index: int, registry_path: str | None, paren
     )
     sockets = [
         _listen(settings.host, settings.port, shared=True),
-        _listen(settings.host, layout.private_port(index), shared=False),
+        _listen(settings.host, private, shared=False),
     ]
     config = uvicorn.Config(router, log_level=settings.log_level, log_config=None, access_log=False)
     DrainingServer(config, app.state.drain).run(sockets=sockets)

@@ -31,7 +31,7 @@ ROLES = ["whip", "whep"]
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 PROBLEM = "application/problem+json"
-MAX_BODY = 131072  # BROADCAST_MAX_BODY_BYTES default
+MAX_BODY = 65536  # BROADCAST_MAX_BODY_BYTES default
 ICE_SETTINGS: dict[str, Any] = {
     "ice_servers": ["stun:stun.example.net:3478", "turn:turn.example.net:3478"],
     "turn_secret": "s3cret",

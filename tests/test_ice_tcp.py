@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from typing import Any
 
 import pytest
@@ -24,23 +23,10 @@ pytestmark = pytest.mark.timeout(120)
 UDP_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp .*\r?\n", re.M | re.I)
 
 
-def free_port_both(count: int = 1) -> int:
-    """A port number free for UDP and for TCP on loopback."""
-    for _ in range(50):
-        port = free_udp_ports(count)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no port free for both UDP and TCP")
-
-
 async def test_chromium_plays_over_ice_tcp_when_udp_is_blocked(
     make_server: Any, launch: Any
 ) -> None:
-    port = free_port_both()
+    port = free_udp_ports(1)  # free for TCP too
     server = await make_server(udp_port=port)
     publisher = Publisher(server.base_url, "cam")
     published = await publisher.start(server.client)

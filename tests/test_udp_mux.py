@@ -29,7 +29,7 @@ CANDIDATE = re.compile(r"^a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ (\w+)", re.M
 
 
 def free_udp_ports(count: int) -> int:
-    """The first of `count` consecutive free UDP ports on loopback."""
+    """The first of `count` consecutive port numbers free for UDP and TCP (ICE-TCP)."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
@@ -37,9 +37,10 @@ def free_udp_ports(count: int) -> int:
         held = []
         try:
             for port in range(first, first + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(sock)
-                sock.bind(("0.0.0.0", port))
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    sock = socket.socket(socket.AF_INET, kind)
+                    held.append(sock)
+                    sock.bind(("0.0.0.0", port))
         except OSError:
             continue
         finally:

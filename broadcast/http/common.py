@@ -15,13 +15,11 @@ from broadcast.errors import (
     BroadcastError,
     InvalidStreamName,
     PayloadTooLarge,
-    Unauthorized,
     UnsupportedMediaType,
 )
 
 __all__ = [
     "STREAM_NAME",
-    "check_bearer",
     "cors_headers",
     "if_match_allows",
     "is_preflight",
@@ -101,20 +99,6 @@ def bearer_is(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         credentials.strip().encode(), token.encode()
     )
-
-
-def check_bearer(request: Request, token: str | None) -> None:
-    """RFC 6750 §2.1 Bearer authentication; no-op when no token is configured."""
-    if token is None:
-        return
-    header = request.headers.get("authorization")
-    if header is None:
-        raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        credentials.strip().encode(), token.encode()
-    ):
-        raise Unauthorized("the bearer token is not valid", error="invalid_token")
 
 
 def if_match_allows(header: str, etag: str) -> bool:

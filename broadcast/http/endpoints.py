@@ -28,9 +28,9 @@ from broadcast.errors import (
     PreconditionFailed,
     UnprocessableContent,
 )
+from broadcast.http.auth import Authenticator
 from broadcast.http.common import (
     bearer_is,
-    check_bearer,
     cors_headers,
     if_match_allows,
     is_preflight,
@@ -112,7 +112,7 @@ class Endpoints:
         self.hub = hub
         # RFC 9725 §4.9: protocol extensions are advertised with Link headers in the 201.
         self.extension_links = extension_links
-        self.token = settings.publish_token if role == "whip" else settings.viewer_token
+        self.auth = Authenticator(settings)
 
     def routes(self) -> list[Route]:
         return [
@@ -146,7 +146,7 @@ class Endpoints:
             raise
 
     async def _post(self, request: Request, name: str) -> Response:
-        hops = self._authorize(request)
+        hops = self._authorize(request, name)
         require_media_type(request, SDP, header="Accept-Post")
         offer = await read_text_body(request, self.settings.max_body_bytes)
         # Another node's upstream (hops > 0) takes one video section per simulcast layer.
@@ -169,7 +169,7 @@ class Endpoints:
             headers["Link"] = ", ".join(links)
         return Response(session.answer, status_code=201, media_type=SDP, headers=headers)
 
-    def _authorize(self, request: Request) -> int:
+    def _authorize(self, request: Request, name: str) -> int:
         """Check the Bearer token; answer the relay hops the request comes from.
 
         Another node of the cluster may also use the cluster secret for WHEP (an edge's
@@ -181,7 +181,7 @@ class Endpoints:
             if not (value.isascii() and value.isdigit()) or int(value) > 64:
                 raise BadRequest(f"{HOPS_HEADER} must be a small non-negative integer")
             return int(value)
-        check_bearer(request, self.token)
+        self.auth.check(request, "publish" if self.role == "whip" else "view", name)
         return 0
 
     def _options(self, request: Request) -> Response:
@@ -217,7 +217,7 @@ class Endpoints:
         session = self.hub.get(self.role, name, request.path_params["session"])
         if method in ("GET", "HEAD"):
             return Response(b"", status_code=200)
-        self._authorize(request)
+        self._authorize(request, name)
         if method == "DELETE":
             # RFC 9725 §4.4: ETags are ignored on DELETE. Closing the peer connection
             # sends RTCP BYE and a DTLS close_notify, and stops answering consent checks

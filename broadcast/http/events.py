@@ -29,8 +29,8 @@ from starlette.routing import Route
 
 from broadcast.config import Settings
 from broadcast.errors import BadRequest, BroadcastError, NotFound
+from broadcast.http.auth import Authenticator
 from broadcast.http.common import (
-    check_bearer,
     cors_headers,
     problem_response,
     read_text_body,
@@ -65,6 +65,7 @@ class EventsExtension:
     def __init__(self, hub: Hub, settings: Settings, describe: Describe) -> None:
         self.hub = hub
         self.settings = settings
+        self.auth = Authenticator(settings)  # the viewer's credentials, as on WHEP POST
         self.describe = describe
         self.subscriptions: dict[str, Subscription] = {}
 
@@ -116,8 +117,8 @@ class EventsExtension:
         return StreamingResponse(self._stream(sub), media_type="text/event-stream", headers=headers)
 
     def _session(self, request: Request) -> Session:
-        check_bearer(request, self.settings.viewer_token)
         name = stream_name(request.path_params["stream"])
+        self.auth.check(request, "view", name)
         return self.hub.get("whep", name, request.path_params["session"])
 
     async def _stream(self, sub: Subscription) -> AsyncIterator[bytes]:

@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from broadcast.config import Settings
 from broadcast.errors import BadRequest, BroadcastError
+from broadcast.http.auth import Authenticator
 from broadcast.http.common import (
-    check_bearer,
     cors_headers,
     read_text_body,
     stream_name,
@@ -43,6 +43,7 @@ class LayerExtension:
     def __init__(self, hub: Hub, settings: Settings) -> None:
         self.hub = hub
         self.settings = settings
+        self.auth = Authenticator(settings)  # the viewer's credentials, as on WHEP POST
 
     def link(self, session: Session) -> str:
         return extension_link(f"{session.path}/layer", LAYER_REL)
@@ -55,8 +56,8 @@ class LayerExtension:
         if request.method == "OPTIONS":
             return json_preflight(cors)
         try:
-            check_bearer(request, self.settings.viewer_token)
             name = stream_name(request.path_params["stream"])
+            self.auth.check(request, "view", name)
             session = self.hub.get("whep", name, request.path_params["session"])
             assert isinstance(session, ViewerSession)
             body = _json_object(await read_text_body(request, 4096))

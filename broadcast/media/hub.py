@@ -9,7 +9,7 @@ from aiortc import RTCIceServer
 from prometheus_client import Counter, Histogram
 
 from broadcast.config import Settings
-from broadcast.errors import Conflict, NotFound, UnprocessableContent
+from broadcast.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableContent
 from broadcast.media import udpmux
 from broadcast.media.cluster import Cluster
 from broadcast.media.ledger import Ledger
@@ -105,6 +105,7 @@ class Hub:
         posted_at = asyncio.get_running_loop().time()
         if self.draining:
             await self.cluster.elsewhere("whip", name, "")
+        self._check_capacity("whip", name, hops=0)
         stream = self._stream(name)
         now = asyncio.get_event_loop().time()
         current = stream.publisher
@@ -156,6 +157,7 @@ class Hub:
         posted_at = asyncio.get_running_loop().time()
         if self.draining and hops == 0:  # other nodes' upstreams still pull from here
             await self.cluster.elsewhere("whep", name, "" if layer is None else f"layer={layer}")
+        self._check_capacity("whep", name, hops)
         stream = self.streams.get(name)
         if stream is None or stream.publisher is None:
             # Published on another node? Redirect there, or relay it here.
@@ -180,6 +182,37 @@ class Hub:
         self.sessions[session.id] = session
         self.ledger.started(session, posted_at, self.settings.connect_timeout)
         return session
+
+    def _check_capacity(self, role: str, name: str, hops: int) -> None:
+        """503 + Retry-After past BROADCAST_MAX_HANDSHAKES sessions still connecting, or
+        past the publisher/viewer limits (0: none; other nodes' relays are not viewers)."""
+        s = self.settings
+        sessions = list(self.sessions.values())
+        connecting = sum(x.connected_at is None and not x.ended for x in sessions)
+        if connecting >= s.max_handshakes:
+            raise ServiceUnavailable(
+                f"{connecting} sessions are connecting; try again in a moment", retry_after=1
+            )
+        if role == "whip":
+            publishers = sum(x.role == "whip" for x in sessions)
+            if s.max_publishers and publishers >= s.max_publishers:
+                raise ServiceUnavailable(
+                    f"this node takes at most {s.max_publishers} publishers", retry_after=30
+                )
+            return
+        if hops:
+            return
+        viewers = [x for x in sessions if isinstance(x, ViewerSession) and not x.relay_layers]
+        if s.max_viewers and len(viewers) >= s.max_viewers:
+            raise ServiceUnavailable(
+                f"this node takes at most {s.max_viewers} viewers", retry_after=10
+            )
+        watching = sum(x.stream.name == name for x in viewers)
+        if s.max_viewers_per_stream and watching >= s.max_viewers_per_stream:
+            raise ServiceUnavailable(
+                f"stream {name!r} takes at most {s.max_viewers_per_stream} viewers here",
+                retry_after=10,
+            )
 
     async def _negotiate(self, session: Session, offer_sdp: str) -> str:
         try:

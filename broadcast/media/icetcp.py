@@ -77,7 +77,10 @@ class IceTcpServer:
         self.refused = 0  # TCP connections closed before they named a live connection
 
     async def open(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.mux.bind, self.mux.port)
+        try:
+            self.server = await asyncio.start_server(self._serve, self.mux.bind, self.mux.port)
+        except OSError as exc:  # a fallback: UDP media goes on without it
+            logger.warning("no ICE-TCP: TCP port %d: %s", self.mux.port, exc)
 
     def close(self) -> None:
         if self.server is not None:
