@@ -77,6 +77,7 @@ def start_server(
         env["BROADCAST_UDP_PORT"] = str(udp_port)
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
     env["BROADCAST_WORKERS"] = "1"  # one process on the one pinned core
+    env["BROADCAST_RATE_LIMIT"] = "0"  # every viewer joins from this one address
     env["PYTHONPATH"] = str(ROOT)
     serve = ["serve"] if module == "broadcast" else []
     cmd = ["taskset", "-c", "0", sys.executable, "-m", module, *serve, "--port", str(port)]

@@ -89,6 +89,7 @@ def start_server(workers: int) -> tuple[subprocess.Popen[bytes], int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
     env |= {"BROADCAST_WORKERS": str(workers), "PYTHONPATH": pythonpath()}
+    env["BROADCAST_RATE_LIMIT"] = "0"  # every viewer joins from this one address
     cmd = ["taskset", "-c", cpus(0, workers - 1), sys.executable, "-m", "broadcast", "serve"]
     server = subprocess.Popen(
         [*cmd, "--port", str(port)], env=env, cwd=ROOT, start_new_session=True

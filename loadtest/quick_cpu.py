@@ -211,6 +211,7 @@ async def run(args: argparse.Namespace, r: dict[str, Any]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
     env["BROADCAST_WORKERS"] = "1"
+    env["BROADCAST_RATE_LIMIT"] = "0"  # every viewer joins from this one address
     log = (CACHE / f"server-{os.getpid()}.log").open("w+")
     server = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True, cwd=ROOT)
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)

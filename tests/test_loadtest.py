@@ -226,6 +226,7 @@ def test_run_against_a_server(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
     env |= {"BROADCAST_ICE_ADDRESSES": "127.0.0.1", "BROADCAST_LOG_LEVEL": "warning"}
     env["BROADCAST_WORKERS"] = "1"
+    env["BROADCAST_RATE_LIMIT"] = "0"  # every viewer joins from this one address
     server_cmd = [sys.executable, "-m", "broadcast", "serve", "--port", str(port)]
     server = subprocess.Popen(server_cmd, cwd=ROOT, env=env, start_new_session=True)
     tool: subprocess.Popen[bytes] | None = None
