@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.requests import Request
 
 from broadcast.config import Settings
@@ -160,3 +162,20 @@ def test_forbidden_is_403_with_insufficient_scope() -> None:
     error = Forbidden("no")
     assert error.status == 403
     assert 'error="insufficient_scope"' in error.headers["WWW-Authenticate"]
+
+
+JWT_AUTH = Authenticator(Settings(jwt_secret=SECRET, publish_keys=["cam=cam-key-123"], node_id="n"))
+
+
+@given(
+    st.one_of(
+        st.text(max_size=300), st.from_regex(r"[A-Za-z0-9_=-]{0,80}(\.[A-Za-z0-9_=-]{0,80}){2}")
+    )
+)
+def test_any_bearer_string_gets_401_or_403(credentials: str) -> None:
+    value = f"Bearer {credentials}".encode("utf-8", "surrogateescape")
+    request = Request(
+        {"type": "http", "method": "POST", "path": "/", "headers": [(b"authorization", value)]}
+    )
+    with pytest.raises((Unauthorized, Forbidden)):
+        JWT_AUTH.check(request, "publish", "cam")

@@ -31,6 +31,15 @@ async def exited(process: subprocess.Popen[bytes], timeout: float) -> int | None
     return process.returncode
 
 
+async def watched(client: httpx.AsyncClient, url: str) -> tuple[Publisher, Viewer]:
+    """A publisher of `cam` on the node at `url`, and a viewer there decoding frames."""
+    publisher = await publish(client, url)
+    viewer = Viewer(url, "cam")
+    assert (await viewer.start(client)).status == 201
+    await viewer.wait_frames(video=10, timeout=20)
+    return publisher, viewer
+
+
 async def post_offer(client: httpx.AsyncClient, url: str) -> httpx.Response:
     return await client.post(
         url, content=await _offer(), headers={"Content-Type": "application/sdp"}
@@ -42,11 +51,7 @@ async def test_sigterm_drains_then_exits_when_the_sessions_leave(
 ) -> None:
     node = nodes("n", None)
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = await publish(client, node.url)
-        viewer = Viewer(node.url, "cam")
-        assert (await viewer.start(client)).status == 201
-        await viewer.wait_frames(video=10, timeout=20)
-
+        publisher, viewer = await watched(client, node.url)
         node.process.send_signal(signal.SIGTERM)
         await until(lambda: draining(client, node.url), 5, "/readyz fails")
         assert (await client.get(f"{node.url}/readyz")).json()["status"] == "draining"
@@ -71,10 +76,7 @@ async def test_sigterm_drains_then_exits_when_the_sessions_leave(
 async def test_a_second_sigterm_exits_at_once(nodes: Callable[..., Node]) -> None:
     node = nodes("n", None)
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = await publish(client, node.url)
-        viewer = Viewer(node.url, "cam")
-        assert (await viewer.start(client)).status == 201
-        await viewer.wait_frames(video=10, timeout=20)
+        publisher, viewer = await watched(client, node.url)
         node.process.send_signal(signal.SIGTERM)
         await until(lambda: draining(client, node.url), 5, "/readyz fails")
         node.process.send_signal(signal.SIGTERM)
@@ -88,10 +90,7 @@ async def test_a_draining_node_sends_new_sessions_to_another(
 ) -> None:
     a, b = nodes("a", redis_server.url), nodes("b", redis_server.url)
     async with httpx.AsyncClient(timeout=10) as client:
-        publisher = await publish(client, a.url)
-        viewer = Viewer(a.url, "cam")
-        assert (await viewer.start(client)).status == 201
-        await viewer.wait_frames(video=10, timeout=20)
+        publisher, viewer = await watched(client, a.url)
 
         a.process.send_signal(signal.SIGTERM)
 

@@ -80,3 +80,25 @@ async def test_failed_negotiation_leaves_no_publisher(server) -> None:
     assert (await retry.start(server.client)).status == 201
     await publisher.stop(server.client)
     await retry.stop(server.client)
+
+
+async def test_viewers_go_once_their_publisher_stays_away_past_the_grace(make_server) -> None:
+    server = await make_server(publisher_grace=5)
+    publisher = Publisher(server.base_url, "gone")
+    assert (await publisher.start(server.client)).status == 201
+    viewer = Viewer(server.base_url, "gone")
+    assert (await viewer.start(server.client)).status == 201
+    await viewer.wait_frames(video=5, timeout=10)
+    session = server.hub.viewers_of(server.hub.streams["gone"])[0]
+    await publisher.stop(server.client)
+    server.hub.expire(later(2))
+    assert not session.ended  # still waiting for its publisher to come back
+    server.hub.expire(later(8))
+    assert session.ended and session.end_reason == "the publisher left and did not come back"
+    # A viewer that joins a stream nobody publishes waits BROADCAST_WAIT_TIMEOUT instead.
+    waiting = Viewer(server.base_url, "gone")
+    assert (await waiting.start(server.client)).status == 201
+    server.hub.expire(later(8))  # past the grace, within the connect and wait timeouts
+    assert len(server.hub.viewers_of(server.hub.streams["gone"])) == 1
+    await waiting.stop(server.client)
+    await viewer.stop()

@@ -78,24 +78,18 @@ class _CountingSrtp:
         self._on_error = on_error
 
     def unprotect(self, packet: bytes) -> bytes:
-        try:
-            data: bytes = self._session.unprotect(packet)
-        except pylibsrtp.Error as exc:
-            self._failed(exc)
-            raise
-        return data
+        return self._counted(self._session.unprotect, packet)
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
-        try:
-            data: bytes = self._session.unprotect_rtcp(packet)
-        except pylibsrtp.Error as exc:
-            self._failed(exc)
-            raise
-        return data
+        return self._counted(self._session.unprotect_rtcp, packet)
 
-    def _failed(self, exc: pylibsrtp.Error) -> None:
-        if not str(exc).startswith(_REPLAY):
-            self._on_error()
+    def _counted(self, unprotect: Callable[[bytes], bytes], packet: bytes) -> bytes:
+        try:
+            return unprotect(packet)
+        except pylibsrtp.Error as exc:
+            if not str(exc).startswith(_REPLAY):
+                self._on_error()
+            raise
 
 
 class _Tracker:

@@ -285,7 +285,8 @@ class Hub:
                 logger.exception("janitor failed")
 
     def expire(self, now: float) -> None:
-        """End sessions that never connected and viewers that waited too long.
+        """End sessions that never connected, viewers whose publisher left and did not
+        come back within BROADCAST_PUBLISHER_GRACE, and viewers that waited too long.
 
         Clients that re-POST after an ICE failure without a DELETE (Eyevinn's webrtc-player
         does) would otherwise leak sessions.
@@ -295,10 +296,14 @@ class Hub:
             if session.connected_at is None and now - session.created_loop_time > timeout:
                 session.end("ICE/DTLS did not connect in time")
             elif isinstance(session, ViewerSession):
-                idle = session.stream.idle_since
-                if idle is not None and now - max(idle, session.created_loop_time) > (
-                    self.settings.wait_timeout
-                ):
+                stream = session.stream
+                idle, left = stream.idle_since, stream.left_at
+                if idle is None:
+                    continue
+                if left is not None and session.created_loop_time <= left:
+                    if now - left > self.settings.publisher_grace:
+                        session.end("the publisher left and did not come back")
+                elif now - max(idle, session.created_loop_time) > self.settings.wait_timeout:
                     session.end("no publisher within BROADCAST_WAIT_TIMEOUT")
         for stream in list(self.streams.values()):
             self._forget_stream_if_unused(stream, now)

@@ -45,6 +45,7 @@ class Stream:
         self.live_since: float | None = None
         # Loop time when the last publisher left (None while live or never published).
         self.idle_since: float | None = asyncio.get_event_loop().time()
+        self.left_at: float | None = None  # loop time a publisher last left
         self.subscriptions: dict[object, Subscription] = {}
         # A simulcast publisher's video layers by rid, in its a=simulcast order; while
         # there are any, they feed the viewers' video instead of feeds["video"].
@@ -62,10 +63,13 @@ class Stream:
         return sum(not isinstance(viewer, tuple) for viewer in self.subscriptions)
 
     def set_publisher(self, publisher: object | None) -> None:
+        had = self.publisher is not None
         self.publisher = publisher
         if publisher is None:
             self.live_since = None
             self.idle_since = asyncio.get_event_loop().time()
+            if had:
+                self.left_at = self.idle_since
             for feed in (*self.feeds.values(), *self.layers.values()):
                 feed.detach_source()
         else:
