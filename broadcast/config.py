@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     viewer_token: str | None = None
     # `stream=key` pairs: a key admits publishing its stream only.
     publish_keys: CommaList = []
-    jwt_secret: str | None = Field(default=None, min_length=16)  # HS256 JWTs
+    # HS256 JWTs; RFC 7518 §3.2: a key at least as long as the hash (32 bytes)
+    jwt_secret: str | None = Field(default=None, min_length=32)
     jwt_public_key_file: str | None = None  # PEM: EdDSA (Ed25519), ES256 or RS256 JWTs
     jwt_viewers: bool = False  # viewers need a JWT with role "view" (or the viewer token)
     ice_servers: CommaList = []

@@ -28,7 +28,7 @@ from broadcast.http.auth import Authenticator, _any_equal
 from tests.conftest import RunningServer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SECRET = "jwt-test-secret-0123456789"
+SECRET = "jwt-test-secret-0123456789abcdefghij"  # RFC 7518 §3.2: at least 32 bytes
 NOW = int(time.time())
 
 
@@ -80,7 +80,7 @@ async def test_jwt_claims_decide(make_server: Any) -> None:
     refused(await post(server, "/whip/cam", token(exp=NOW - 60)), 401, "invalid_token")
     refused(await post(server, "/whip/cam", token(nbf=NOW + 600)), 401, "invalid_token")
     refused(await post(server, "/whip/cam", token(exp=None)), 401, "invalid_token")
-    refused(await post(server, "/whip/cam", token(key="another-secret-0123456789")), 401)
+    refused(await post(server, "/whip/cam", token(key="another-secret-0123456789abcdefghijk")), 401)
     head, _, signature = token().split(".")
     forged = jwt.encode({"stream": "*", "role": "publish", "exp": NOW + 600}, "x" * 32)
     tampered = f"{head}.{forged.split('.')[1]}.{signature}"  # claims swapped, old signature
