@@ -26,9 +26,11 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import (
@@ -43,6 +45,7 @@ from aiortc.rtp import (
 
 from broadcast.media import error_budget
 from broadcast.media.error_budget import ErrorBudget
+from broadcast.media.sender_glue import rtp_sink
 from broadcast.sfu.feed import PLI_INTERVAL
 from tests.support.peers import Publisher, Viewer, wait_state
 
@@ -504,3 +507,29 @@ async def test_join_leave_cycles_leave_nothing_behind(make_server) -> None:
         assert not server.hub.streams["cycles"].subscriptions
     finally:
         await publisher.stop(server.client)
+
+
+async def test_a_send_on_a_socket_closed_under_the_downtrack_is_dropped() -> None:
+    """aioice closes a viewer's socket (consent expired, say) a moment before its session
+    ends and its downtrack goes: a packet forwarded meanwhile must not raise into the
+    publisher's receive path (seen: the publisher's transport died, every viewer froze)."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    protocol = aioice.ice.StunProtocol(None)  # type: ignore[arg-type]
+    protocol.transport = transport
+    pair = SimpleNamespace(remote_addr=("127.0.0.1", 9), protocol=protocol)
+    policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    dtls = SimpleNamespace(
+        state="connected",
+        transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair})),
+        _tx_srtp=pylibsrtp.Session(policy),
+    )
+    send = rtp_sink(dtls)  # type: ignore[arg-type]
+    assert send is not None
+    packet = bytes([0x80, 96, 0, 1]) + bytes(8) + b"payload"
+    send(packet)
+    transport.close()
+    await asyncio.sleep(0)  # asyncio drops the socket on the next loop turn
+    send(packet[:3] + b"\x02" + packet[4:])  # must not raise

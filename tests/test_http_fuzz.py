@@ -459,7 +459,7 @@ class Fuzz:
 
 
 async def _fuzz_server(make_server: Any, **overrides: Any) -> AsyncIterator[Fuzz]:
-    server = await make_server(publisher_grace=0, **overrides)
+    server = await make_server(publisher_grace=0, rate_limit=0, **overrides)
     with ServerLog() as log:
         state = Fuzz(server, log)
         for role in ROLES:

@@ -96,7 +96,9 @@ def rtp_sink(dtls: RTCDtlsTransport) -> RtpSink | None:
 
     Replaces aiortc's `_send_rtp` coroutine chain (four nested awaits per packet) with
     SRTP protect + `sendto` on the nominated candidate pair. A packet SRTP refuses (a
-    sequence number already sent: RFC 3711 §3.3.2) is dropped, not raised.
+    sequence number already sent: RFC 3711 §3.3.2) is dropped, not raised, and so is one
+    whose socket has been closed under it: this runs inside the publisher's receive path,
+    and a viewer whose connection just closed must not take the publisher down with it.
     """
     d: Any = dtls
     if dtls.state != "connected":
@@ -113,7 +115,10 @@ def rtp_sink(dtls: RTCDtlsTransport) -> RtpSink | None:
         def send(data: bytes) -> None:
             packet = protect(data)
             if packet is not None:
-                sendto(packet, addr)
+                try:
+                    sendto(packet, addr)
+                except (OSError, AttributeError):  # closed: asyncio's transport has no socket
+                    pass
 
         return send
 
