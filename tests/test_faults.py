@@ -165,12 +165,10 @@ async def test_viewer_that_never_completes_ice_is_reaped(make_server) -> None:
         session = server.hub.sessions[session_id]
         assert session.connected_at is None
         # Janitor: every 1 s; ends sessions older than connect_timeout.
-        took = await until(
-            lambda: session_id not in server.hub.sessions, 3 + 2.5, what="the reaping"
-        )
+        took = await until(lambda: session_id not in server.hub.sessions, 3 + 1, what="the reaping")
         gone_after = loop.time() - posted
         print(f"\nnever-connected viewer reaped {gone_after:.2f} s after its POST (limit 3 s)")
-        assert 3 <= gone_after <= 3 + 2.5, took
+        assert 3 <= gone_after <= 3 + 0.5, took  # on time, not at the next janitor sweep
         assert session.end_reason == "ICE/DTLS did not connect in time"
         # Its peer connection is closed, and so are its sockets.
         await until(lambda: session.pc.connectionState == "closed", 5, what="pc closed")

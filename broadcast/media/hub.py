@@ -55,6 +55,7 @@ class Hub:
         for reason in ("down", "up", "viewer"):
             self.layer_switches.labels(reason)
         self.draining = False  # new sessions go elsewhere (broadcast.drain)
+        self._connect_timers: dict[str, asyncio.TimerHandle] = {}
         self._janitor: asyncio.Task[None] | None = None
         self.ledger = Ledger()  # joins, refusals, and the counters of what has ended
         # One UDP port and/or NAT 1:1 addresses for this process's ICE (None: aioice's way).
@@ -144,6 +145,7 @@ class Hub:
             raise
         self.sessions[session.id] = session
         self.ledger.started(session, posted_at, self.settings.connect_timeout)
+        self._reap_unless_connected(session)
         # Write the stream's record now, with the claim: the cluster lists the stream at
         # once, and the record never expires before the claim it describes.
         spawn(self.cluster.beat())
@@ -181,7 +183,22 @@ class Hub:
         await self._negotiate(session, offer_sdp)
         self.sessions[session.id] = session
         self.ledger.started(session, posted_at, self.settings.connect_timeout)
+        self._reap_unless_connected(session)
         return session
+
+    def _reap_unless_connected(self, session: Session) -> None:
+        """End the session BROADCAST_CONNECT_TIMEOUT after its POST if ICE and DTLS are
+        not up by then (on time; the janitor's once-a-second sweep is the backstop)."""
+
+        def reap() -> None:
+            self._connect_timers.pop(session.id, None)
+            if session.connected_at is None and not session.ended:
+                session.end("ICE/DTLS did not connect in time")
+
+        deadline = session.created_loop_time + self.settings.connect_timeout
+        # Kept by id and cancelled when the session ends, so that a timer does not hold an
+        # ended session (and its peer connection) in memory until its deadline.
+        self._connect_timers[session.id] = asyncio.get_running_loop().call_at(deadline, reap)
 
     def _check_capacity(self, role: str, name: str, hops: int) -> None:
         """503 + Retry-After past BROADCAST_MAX_HANDSHAKES sessions still connecting, or
@@ -238,6 +255,9 @@ class Hub:
 
     def _ended(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
+        timer = self._connect_timers.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
         self.ledger.session_ended(session)
 
     def egress_octets(self) -> int:
