@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -18,7 +17,7 @@ from starlette.types import Scope
 from broadcast.config import Settings
 from broadcast.drain import Drain
 from broadcast.errors import BroadcastError, MethodNotAllowed, NotFound
-from broadcast.http.common import problem_response
+from broadcast.http.common import bearer_is, problem_response
 from broadcast.http.endpoints import Endpoints
 from broadcast.http.events import EventsExtension
 from broadcast.http.layers import LayerExtension
@@ -54,13 +53,9 @@ def _registry(settings: Settings) -> StreamRegistry:
 
 def _relay_exempt(secret: str | None) -> Callable[[Scope], bool]:
     """Another node's relay session (Bearer <cluster secret>) is not rate limited."""
-    expected = f"Bearer {secret}".encode()
 
     def exempt(scope: Scope) -> bool:
-        if secret is None:
-            return False
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        return hmac.compare_digest(header, expected)
+        return secret is not None and bearer_is(Request(scope), secret)
 
     return exempt
 

@@ -28,18 +28,13 @@ from starlette.requests import Request
 
 from broadcast.config import Settings
 from broadcast.errors import Forbidden, Unauthorized
+from broadcast.http.common import bearer
 
 __all__ = ["Authenticator", "Role"]
 
 Role = Literal["publish", "view"]
 LEEWAY = 5  # seconds of clock skew allowed on exp and nbf
 ASYMMETRIC = ["EdDSA", "ES256", "RS256"]
-
-
-def bearer(request: Request) -> str | None:
-    """The Bearer credentials of the request, if it has some (RFC 6750 §2.1)."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
 
 def _any_equal(candidate: str, secrets: list[str]) -> bool:

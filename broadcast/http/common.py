@@ -20,6 +20,7 @@ from broadcast.errors import (
 
 __all__ = [
     "STREAM_NAME",
+    "bearer",
     "cors_headers",
     "if_match_allows",
     "is_preflight",
@@ -93,12 +94,16 @@ async def read_text_body(request: Request, limit: int) -> str:
         raise BadRequest(f"the body is not UTF-8 text (byte {exc.start})") from exc
 
 
+def bearer(request: Request) -> str | None:
+    """The Bearer credentials of the request, if it has some (RFC 6750 §2.1)."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
 def bearer_is(request: Request, token: str) -> bool:
     """The request carries exactly `token` as its Bearer credentials (constant time)."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        credentials.strip().encode(), token.encode()
-    )
+    credentials = bearer(request)
+    return credentials is not None and hmac.compare_digest(credentials.encode(), token.encode())
 
 
 def if_match_allows(header: str, etag: str) -> bool:

@@ -111,7 +111,7 @@ class HubCollector(Collector):
             _counter(
                 "broadcast_egress_bytes",
                 "RTP payload bytes sent to viewers",
-                ended.egress_octets + total("octets"),
+                hub.egress_octets(),
             ),
             _counter(
                 "broadcast_nacks",
