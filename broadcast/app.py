@@ -25,6 +25,7 @@ from broadcast.http.openapi import openapi_route
 from broadcast.http.ops import Ops
 from broadcast.http.pages import Pages
 from broadcast.http.ratelimit import RateLimit
+from broadcast.http.recording import RecordingApi
 from broadcast.media import aiortc_glue as glue
 from broadcast.media import udpmux
 from broadcast.media.hub import Hub
@@ -111,6 +112,7 @@ def create_app(
             "whep", settings, hub, lambda session: [events.link(session), layers.link(session)]
         ).routes(),
         *ops.routes(),
+        *RecordingApi(hub, settings).routes(),
         *Pages().routes(),
         openapi_route(),
     ]

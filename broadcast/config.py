@@ -54,7 +54,18 @@ class Settings(BaseSettings):
     turn_secret: str | None = None
     turn_ttl: int = Field(default=86400, gt=0)
     udp_port: int | None = Field(default=None, ge=1, le=65535)
-    record_dir: str | None = None
+    record_dir: str | None = None  # recordings go here (none: recording is off)
+    record_all: bool = True  # every stream is recorded; false: only on request (API)
+    # auto: VP8 -> WebM, H.264 -> Matroska; mkv: Matroska; mp4: fragmented MP4 (H.264)
+    record_format: Literal["auto", "mkv", "mp4"] = "auto"
+    record_segment_seconds: float = Field(default=600.0, ge=1)  # a new file this often
+    record_segment_bytes: int = Field(default=2**31, ge=1_000_000)  # ... or this large
+    # Data channels (RFC 8831): a publisher's messages fan out to every viewer.
+    data_max_message_bytes: int = Field(default=16384, ge=1, le=262144)
+    data_rate: float = Field(default=100.0, ge=0)  # messages a second per sender (0: no limit)
+    data_burst: int = Field(default=1000, ge=1)
+    data_viewer_messages: bool = False  # viewers may send to the publisher
+    data_buffer_bytes: int = Field(default=1_048_576, ge=1024)  # queued for one viewer
     # The CPUs this process may run on (a container's cpuset), not the machine's count.
     workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1, ge=1)
     public_ips: CommaList = []

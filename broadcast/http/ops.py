@@ -178,4 +178,6 @@ class Ops:
             "viewers": stream.viewer_count,
             "tracks": tracks,
             "started_at": stream.live_since,
+            "data": None if stream.data is None else stream.data.describe(),
+            "recording": self.hub.recordings.state(stream.name),
         }

@@ -12,8 +12,10 @@ from broadcast.config import Settings
 from broadcast.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableContent
 from broadcast.media import udpmux
 from broadcast.media.cluster import Cluster
+from broadcast.media.datachannels import DataChannelHub
 from broadcast.media.ledger import Ledger
 from broadcast.media.publisher import PublisherSession
+from broadcast.media.recordings import Recordings
 from broadcast.media.relay import Relay, UpstreamSession
 from broadcast.media.session import Session
 from broadcast.media.viewer import ViewerSession
@@ -58,6 +60,7 @@ class Hub:
         self._connect_timers: dict[str, asyncio.TimerHandle] = {}
         self._janitor: asyncio.Task[None] | None = None
         self.ledger = Ledger()  # joins, refusals, and the counters of what has ended
+        self.recordings = Recordings(settings)
         # One UDP port and/or NAT 1:1 addresses for this process's ICE (None: aioice's way).
         self.gathering = udpmux.plan(settings.udp_port, settings.public_ips, settings.ice_addresses)
         self.relay = Relay(settings, ice_servers, self._stream, self.viewer_count, self.gathering)
@@ -81,6 +84,7 @@ class Hub:
         if self._janitor is not None:
             self._janitor.cancel()
         await self.cluster.stop()
+        await self.recordings.close()  # every file finished before its publisher goes
         sessions = list(self.sessions.values())
         for session in sessions:
             session.end("server shutting down")
@@ -97,6 +101,15 @@ class Hub:
             stream = self.streams[name] = Stream(name)
             for feed in stream.feeds.values():
                 feed.delay_observer = self.forward_delay.observe
+            s = self.settings
+            stream.data = DataChannelHub(
+                max_message_bytes=s.data_max_message_bytes,
+                rate=s.data_rate,
+                burst=s.data_burst,
+                viewer_messages=s.data_viewer_messages,
+                buffer_bytes=s.data_buffer_bytes,
+                grace=s.publisher_grace,
+            )
         return stream
 
     async def publish(
@@ -141,11 +154,14 @@ class Hub:
                 # A stream relayed here goes on being relayed to its viewers.
                 relayed = isinstance(current, UpstreamSession) and not current.ended
                 stream.set_publisher(current if relayed else None)
+            if stream.data is not None:
+                stream.data.detach_publisher(session.pc)
             await session.pc.close()
             raise
         self.sessions[session.id] = session
         self.ledger.started(session, posted_at, self.settings.connect_timeout)
         self._reap_unless_connected(session)
+        self.recordings.published(stream)
         # Write the stream's record now, with the claim: the cluster lists the stream at
         # once, and the record never expires before the claim it describes.
         spawn(self.cluster.beat())
@@ -259,6 +275,8 @@ class Hub:
         if timer is not None:
             timer.cancel()
         self.ledger.session_ended(session)
+        if isinstance(session, PublisherSession) and not session.stream.live:
+            self.recordings.unpublished(session.stream)
 
     def egress_octets(self) -> int:
         """Media octets sent to viewers so far (RTP payloads)."""

@@ -36,6 +36,8 @@ class PublisherSession(Session):
         self.last_packet_at: float | None = None
         # Simulcast per m-line index: as offered, then as accepted in prepare().
         self.simulcast: dict[int, Simulcast] = dict(simulcast or {})
+        if self.stream.data is not None:  # its data channels, as it opens them
+            self.stream.data.attach_publisher(self.pc)
 
     def prepare(self) -> None:
         accepted = glue.negotiate_rid_extensions(self.pc, self.simulcast.keys())
@@ -121,5 +123,7 @@ class PublisherSession(Session):
         return sum(glue.decoder_started(t.receiver) for t in self.pc.getTransceivers())
 
     def on_end(self) -> None:
+        if self.stream.data is not None:
+            self.stream.data.detach_publisher(self.pc)
         if self.stream.publisher is self:
             self.stream.set_publisher(None)

@@ -73,6 +73,9 @@ class UpstreamSession(PublisherSession):
         self.pc.addTransceiver("audio", direction="recvonly")
         for _ in range(max(1, len(self.rids))):
             self.pc.addTransceiver("video", direction="recvonly")
+        # An m=application section (after the media ones: aiortc bundles SCTP on the first
+        # transport), so the origin mirrors the publisher's data channels here too.
+        self.pc.createDataChannel("broadcast-relay")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         url = f"{base}/whep/{self.stream.name}"
         headers = {"Content-Type": "application/sdp", HOPS_HEADER: str(hops)}

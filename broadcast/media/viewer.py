@@ -99,6 +99,8 @@ class ViewerSession(Session):
     def on_connected(self) -> None:
         if self.ended:
             return
+        if self.stream.data is not None:  # mirrors of the publisher's data channels
+            self.stream.data.attach_viewer(self, self.pc)
         for key, transceiver, layer in self._tracks():
             kind = transceiver.kind
             sink = sender_glue.rtp_sink(transceiver.sender.transport)
@@ -217,6 +219,8 @@ class ViewerSession(Session):
     def on_end(self) -> None:
         if self._padding is not None:
             self._padding.cancel()
+        if self.stream.data is not None:
+            self.stream.data.detach_viewer(self)
         self.stream.unsubscribe(self)
         for key, downtrack in self.downtracks.items():
             if key != downtrack.kind:

@@ -6,12 +6,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from broadcast.protocol.rtp import seconds_to_ntp
 from broadcast.sfu.downtrack import DownTrack
 from broadcast.sfu.feed import TrackFeed
 from broadcast.sfu.simulcast import LayerState, choose_layer
+
+if TYPE_CHECKING:
+    from broadcast.media.datachannels import DataChannelHub
 
 __all__ = ["SENDER_REPORT_INTERVAL", "ReportTarget", "Stream"]
 
@@ -52,6 +55,8 @@ class Stream:
         self.layers: dict[str, TrackFeed] = {}
         self._layer_states: tuple[LayerState, ...] = ()
         self._report_task: asyncio.Task[None] | None = None
+        # The publisher's data channels, mirrored on its viewers (set by the node's hub).
+        self.data: DataChannelHub | None = None
 
     @property
     def live(self) -> bool:
@@ -210,6 +215,8 @@ class Stream:
                     report(clock[0], rtp, downtrack.packets, downtrack.octets)
 
     def close(self) -> None:
+        if self.data is not None:
+            self.data.close()
         if self._report_task is not None:
             self._report_task.cancel()
             self._report_task = None
