@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, ServerFactory
-from tests.support.nodes import nodes
+from tests.support.nodes import Node, nodes
 from tests.support.peers import Publisher
+from tests.test_openapi import check_answer
 
 __all__ = ["nodes"]
 
@@ -117,7 +118,6 @@ async def test_ten_seconds_recorded_in_sync_frame_for_frame(
         "the last frame in the recording",
     )
     state = (await client.get("/api/streams/show/recording")).json()
-    print("STATE", state)
     assert state["recording"] is True and state["segments"] == 1, state
     await publisher.stop(client)
     listed: list[dict[str, Any]] = []
@@ -144,3 +144,136 @@ async def test_ten_seconds_recorded_in_sync_frame_for_frame(
     response = await client.get(f"/api/streams/show/recordings/{name}")
     assert response.status_code == 200
     assert response.content == (tmp_path / "show" / name).read_bytes()
+
+
+async def test_the_api_starts_stops_lists_serves_and_deletes(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    off = await make_server()
+    refused = await off.client.post("/api/streams/show/recording")
+    assert refused.status_code == 409 and "BROADCAST_RECORD_DIR" in refused.text
+
+    server: RunningServer = await make_server(
+        record_dir=str(tmp_path), record_all=False, publish_token="publish-secret"
+    )
+    client = server.client
+    owner = {"Authorization": "Bearer publish-secret"}
+    control = "/api/streams/show/recording"
+    state = await client.get(control)
+    check_answer("/api/streams/{stream}/recording", "GET", state)
+    assert state.json() == {"enabled": True, "wanted": False, "recording": False}
+    for response, status in [
+        (await client.post(control), 401),
+        (await client.post(control, headers={"Authorization": "Bearer wrong"}), 401),
+        (await client.post(control, headers=owner), 409),  # not live
+        (await client.post("/api/streams/bad%20name/recording", headers=owner), 400),
+    ]:
+        assert response.status_code == status, response.text
+        check_answer("/api/streams/{stream}/recording", "POST", response)
+
+    publisher = Publisher(server.base_url, "show", size=(320, 240))
+    assert (await publisher.start(client, token="publish-secret")).status == 201
+    await asyncio.wait_for(publisher.connected.wait(), 10)
+    assert server.hub.recordings.active == {}  # RECORD_ALL is off: not until asked
+    started = await client.post(control, headers=owner)
+    check_answer("/api/streams/{stream}/recording", "POST", started)
+    assert started.json()["recording"] is True
+    recordings = server.hub.recordings
+    await wait_for(
+        lambda: recordings.state("show").get("frames", {}).get("video", 0) >= 30, 10, "frames"
+    )
+    described = (await client.get("/api/streams/show")).json()
+    assert described["recording"]["recording"] is True
+    stopped = await client.delete(control, headers=owner)
+    check_answer("/api/streams/{stream}/recording", "DELETE", stopped)
+    assert stopped.json()["recording"] is False and stopped.json()["wanted"] is False
+
+    listing: list[dict[str, Any]] = []
+    for _ in range(200):  # the writer thread finishes the file (bounded: 10 s)
+        response = await client.get("/api/streams/show/recordings")
+        listing = response.json()
+        if listing and not listing[0]["in_progress"]:
+            break
+        await asyncio.sleep(0.05)
+    check_answer("/api/streams/{stream}/recordings", "GET", response)
+    assert len(listing) == 1 and not listing[0]["in_progress"]
+    url = listing[0]["url"]
+    whole = (tmp_path / "show" / listing[0]["name"]).read_bytes()
+    assert listing[0]["bytes"] == len(whole) > 0
+    assert probe(tmp_path / "show" / listing[0]["name"])["video"]["frames"] >= 30
+
+    file_path = "/api/streams/{stream}/recordings/{file}"
+    part = await client.get(url, headers={"Range": "bytes=0-99"})
+    check_answer(file_path, "GET", part)
+    assert part.status_code == 206 and part.content == whole[:100]
+    assert part.headers["content-type"] == "video/webm"
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "show_20260101-000000.webm", "notes.txt"):
+        missing = await client.get(f"/api/streams/show/recordings/{bad}")
+        assert missing.status_code == 404, bad
+        check_answer(file_path, "GET", missing)
+    assert (await client.delete(url)).status_code == 401
+    deleted = await client.delete(url, headers=owner)
+    check_answer(file_path, "DELETE", deleted)
+    assert deleted.status_code == 204
+    assert (await client.get("/api/streams/show/recordings")).json() == []
+    await publisher.stop(client)
+
+
+@pytest.mark.parametrize(("codec", "record_format"), [("video/VP8", "auto"), ("video/H264", "mp4")])
+async def test_segments_rotate_and_a_crash_keeps_them_playable(
+    nodes: Callable[..., Node], tmp_path: Path, codec: str, record_format: str
+) -> None:
+    """A node is SIGKILLed while recording 2-second segments: every file on disk opens and
+    decodes, the finished ones whole, the one being written up to its last flush."""
+    node = nodes(
+        "rec",
+        None,
+        record_dir=str(tmp_path),
+        record_format=record_format,
+        record_segment_seconds="2",
+        rate_limit="0",
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        publisher = Publisher(node.url, "crash", video_codec=codec, size=(320, 240))
+        assert (await publisher.start(client)).status == 201
+        folder = tmp_path / "crash"
+
+        def third_has_media() -> bool:  # past its header: its first cluster or fragment
+            files = sorted(folder.glob("*"))
+            return len(files) >= 3 and files[2].stat().st_size > 4000
+
+        await wait_for(third_has_media, 20, "a third segment with media in it")
+        node.kill()
+        await publisher.pc.close()
+    paths = sorted(folder.iterdir())
+    suffix = ".webm" if record_format == "auto" else ".mp4"
+    assert paths and all(p.suffix == suffix for p in paths), paths
+    media = [probe(p) for p in paths]
+    for finished in media[:-1]:  # 2 s each, give or take the keyframe it waited for
+        assert 1.9 <= finished["video"]["end"] <= 2.6, media
+        assert finished["video"]["frames"] >= 55
+        assert abs(finished["audio"]["end"] - finished["video"]["end"]) < 0.1, media
+    assert media[-1]["video"]["frames"] >= 1  # the crashed one still plays
+
+
+async def test_a_publisher_that_vanishes_leaves_a_finished_file(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server: RunningServer = await make_server(record_dir=str(tmp_path))
+    publisher = Publisher(server.base_url, "gone", size=(320, 240))
+    gate = Gate(publisher, frames=3 * FPS)
+    assert (await publisher.start(server.client)).status == 201
+    await asyncio.wait_for(gate.closed.wait(), 20)
+    recordings = server.hub.recordings
+    await wait_for(
+        lambda: recordings.state("gone").get("frames", {}).get("video", 0) >= gate.sent["video"],
+        5,
+        "the last frame in the recording",
+    )
+    await publisher.pc.close()  # no DELETE: the server sees the connection go
+    listing = await wait_for(
+        lambda: [f for f in recordings.files("gone") if not f["in_progress"]], 20, "the end"
+    )
+    media = probe(tmp_path / "gone" / listing[0]["name"])
+    assert media["video"]["frames"] == gate.sent["video"] == 3 * FPS
+    assert abs(media["video"]["end"] - 3.0) < 0.1

@@ -8,128 +8,41 @@ server's answers match its schemas, and fuzzes every operation with schemathesis
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broadcast import __version__
+from broadcast.http.openapi_kit import (
+    BITS,
+    COUNT,
+    JSON,
+    PROBLEM_SCHEMA,
+    RID_PATTERN,
+    SDP,
+    SDPFRAG,
+    STREAM_PATTERN,
+    closed_object,
+    empty,
+    errors,
+    get,
+    json_content,
+    nullable,
+    operation,
+    param,
+    problem_responses,
+    ref,
+    request_body,
+    text_content,
+)
+from broadcast.http.openapi_recording import RECORDING_PATHS, RECORDING_SCHEMAS, STREAM_STATE
 
 __all__ = ["DESCRIPTION", "openapi_json", "openapi_route"]
 
-JSON = dict[str, Any]
 
-SDP = "application/sdp"
-SDPFRAG = "application/trickle-ice-sdpfrag"
-PROBLEM = "application/problem+json"
-STREAM_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
-RID_PATTERN = "^[A-Za-z0-9_-]{1,255}$"  # RFC 8851 §10 rid-id, as protocol/simulcast.RID
-
-
-def _schema(name: str) -> JSON:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _response(name: str) -> JSON:
-    return {"$ref": f"#/components/responses/{name}"}
-
-
-def _header(name: str, *, required: bool = False) -> JSON:
-    return _HEADERS[name] | {"required": required}
-
-
-def _errors(*statuses: int) -> JSON:
-    """Problem responses (RFC 9457) by status, from components/responses."""
-    return {str(status): _response(_PROBLEMS[status][0]) for status in statuses}
-
-
-def _empty(
-    description: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()
-) -> JSON:
-    """A response without content; `required`, `optional`: the headers it carries."""
-    response: JSON = {"description": description}
-    headers = {h: _header(h, required=True) for h in required}
-    if headers or optional:
-        response["headers"] = headers | {h: _header(h) for h in optional}
-    return response
-
-
-def _json(description: str, schema: JSON) -> JSON:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _text(description: str, media_type: str, schema: JSON | None = None) -> JSON:
-    return {
-        "description": description,
-        "content": {media_type: {"schema": schema or {"type": "string"}}},
-    }
-
-
-def _nullable(type_: str) -> JSON:
-    return {"type": [type_, "null"]}
-
-
-def _object(properties: JSON, *, optional: tuple[str, ...] = ()) -> JSON:
-    """A closed object: every property but `optional` is required, nothing else allowed."""
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": [name for name in properties if name not in optional],
-        "additionalProperties": False,
-    }
-
-
-COUNT: JSON = {"type": "integer", "minimum": 0}
-BITS: JSON = {"type": "number", "minimum": 0}
-
-# status: component name, headers it carries, when.
-_PROBLEMS: dict[int, tuple[str, str, str]] = {
-    307: ("TemporaryRedirect", "Location", "Repeat the POST at Location (RFC 9725 §4.5)."),
-    400: ("BadRequest", "", "Malformed name, SDP, sdpfrag, JSON, `layer` or body."),
-    401: ("Unauthorized", "WWW-Authenticate", "Bearer token missing or wrong (RFC 6750)."),
-    403: ("Forbidden", "WWW-Authenticate", "Valid credentials for another stream or role."),
-    404: ("NotFound", "", "No such stream, session or subscription (it may have ended)."),
-    409: ("Conflict", "Retry-After", "Already published; or not live (REQUIRE_LIVE)."),
-    412: ("PreconditionFailed", "", "`If-Match` does not name the current ETag."),
-    413: ("PayloadTooLarge", "", "Body over BROADCAST_MAX_BODY_BYTES (JSON: 4096)."),
-    415: ("UnsupportedMediaType", "Accept-Post Accept-Patch", "Wrong Content-Type."),
-    422: ("UnprocessableContent", "", "Offer not servable here, or an ICE restart."),
-    429: ("TooManyRequests", "Retry-After", "Over BROADCAST_RATE_LIMIT for this address."),
-    503: ("ServiceUnavailable", "Retry-After", "Node full, registry or relay down, draining."),
-}
-
-
-def _hdr(description: str, pattern: str | None = None) -> JSON:
-    schema: JSON = {"type": "string"} if pattern is None else {"type": "string", "pattern": pattern}
-    return {"description": description, "schema": schema}
-
-
-_HEADERS: dict[str, JSON] = {
-    "Location": _hdr("The session (201), or where to repeat the request (307)."),
-    "ETag": _hdr("Strong tag of the ICE session (RFC 9725 §4.3.1).", '^"[0-9a-f]{32}"$'),
-    "Link": _hdr("ICE servers (RFC 9725 §4.6); on a WHEP 201 also the extensions' URNs."),
-    "Retry-After": _hdr("Seconds to wait before trying again.", "^[0-9]+$"),
-    "Accept-Post": _hdr("The media type POST takes."),
-    "Accept-Patch": _hdr("The media type PATCH takes."),
-    "Allow": _hdr("The methods this URL serves."),
-    "WWW-Authenticate": _hdr('RFC 6750 §3 challenge: `Bearer realm="broadcast"`.'),
-}
-
-
-def _problem_responses() -> JSON:
-    out: JSON = {}
-    for status, (name, headers, when) in _PROBLEMS.items():
-        sent = tuple(headers.split())
-        always = status in (307, 401, 403, 429)  # sent with these every time
-        response = _empty(when, *((sent, ()) if always else ((), sent)))
-        out[name] = response | _text(when, PROBLEM, _schema("Problem"))
-    return out
-
-
-_LAYER: JSON = _object(
+_LAYER: JSON = closed_object(
     {
-        "rid": _nullable("string"),
+        "rid": nullable("string"),
         "bitrate": {**BITS, "type": "integer", "description": "Ingest bit/s since last asked."},
         "active": {"type": "boolean"},
         "width": {"type": "integer", "minimum": 1},
@@ -137,11 +50,11 @@ _LAYER: JSON = _object(
     },
     optional=("width", "height"),
 )
-_TRACK: JSON = _object(
+_TRACK: JSON = closed_object(
     {
         "kind": {"enum": ["audio", "video"]},
         "codec": {"type": ["string", "null"], "examples": ["video/VP8"]},
-        "layers": {"type": "array", "items": _schema("Layer")},
+        "layers": {"type": "array", "items": ref("Layer")},
     }
     | dict.fromkeys(("packets", "bytes", "keyframes", "keyframe_requests"), COUNT)
 )
@@ -149,39 +62,40 @@ _STREAM_PROPERTIES: JSON = {
     "stream": {"type": "string", "pattern": STREAM_PATTERN},
     "node": {"type": "string", "description": "The origin: the node its publisher is on."},
     "relayed": {"type": "boolean", "description": "Served here through an upstream session."},
-    "relayed_from": {**_nullable("string"), "description": "The node pulled from."},
+    "relayed_from": {**nullable("string"), "description": "The node pulled from."},
     "live": {"type": "boolean"},
-    "publisher": {**_nullable("string"), "description": "The WHIP (or upstream) session."},
+    "publisher": {**nullable("string"), "description": "The WHIP (or upstream) session."},
     "viewers": COUNT,
-    "tracks": {"type": "array", "items": _schema("Track")},
-    "started_at": {**_nullable("number"), "description": "Unix time it went live."},
+    "tracks": {"type": "array", "items": ref("Track")},
+    "started_at": {**nullable("number"), "description": "Unix time it went live."},
+    **STREAM_STATE,
 }
-_REMOTE_STREAM: JSON = _object(
+_REMOTE_STREAM: JSON = closed_object(
     {
         "stream": {"type": "string", "pattern": STREAM_PATTERN},
         "node": {"type": "string"},
         "live": {"const": True},
         "viewers": {"type": "null", "description": "Known on the origin only."},
-        "tracks": {"type": "array", "items": _object({"codec": {"type": "string"}})},
+        "tracks": {"type": "array", "items": closed_object({"codec": {"type": "string"}})},
         "layers": {"type": "array", "items": {"type": "string"}},
         "started_at": {"type": "number"},
     }
 )
-_VIEWER_TRACK: JSON = _object(
+_VIEWER_TRACK: JSON = closed_object(
     {
         **dict.fromkeys(("packets", "bytes", "bitrate_bps"), COUNT),
         "fraction_lost": {"type": "number", "minimum": 0, "maximum": 1},
         "packets_lost": {"type": "integer"},
         "jitter_s": {"type": "number"},
-        "rtt_s": _nullable("number"),
+        "rtt_s": nullable("number"),
         **dict.fromkeys(("retransmits", "nacks", "plis", "padding_bytes"), COUNT),
         "synced": {"type": "boolean"},
-        "layer": {**_nullable("string"), "description": "The simulcast rid sent now."},
-        "estimate_bps": {**_nullable("integer"), "description": "Video only: ABR estimate."},
+        "layer": {**nullable("string"), "description": "The simulcast rid sent now."},
+        "estimate_bps": {**nullable("integer"), "description": "Video only: ABR estimate."},
     },
     optional=("estimate_bps",),
 )
-_VIEWER: JSON = _object(
+_VIEWER: JSON = closed_object(
     {
         "session": {"type": "string"},
         "role": {"const": "whep"},
@@ -190,11 +104,11 @@ _VIEWER: JSON = _object(
         "tracks": {
             "type": "object",
             "description": "By kind (`audio`, `video`; an edge's upstream: `video1`...).",
-            "additionalProperties": _schema("ViewerTrack"),
+            "additionalProperties": ref("ViewerTrack"),
         },
     }
 )
-_NODE: JSON = _object(
+_NODE: JSON = closed_object(
     {
         "node_id": {"type": "string"},
         "url": {"type": "string"},
@@ -214,41 +128,10 @@ _NODE: JSON = _object(
         },
     }
 )
-_PROBLEM: JSON = {
-    "type": "object",
-    "description": "RFC 9457 problem details; `detail` says what to do.",
-    "properties": {
-        "type": {"type": "string", "const": "about:blank"},
-        "title": {"type": "string"},
-        "status": {"type": "integer", "minimum": 300, "maximum": 599},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-    },
-    "required": ["type", "title", "status", "detail"],
-}
 
-
-def _param(name: str, where: str = "path", description: str = "", **schema: Any) -> JSON:
-    param: JSON = {"name": name, "in": where, "required": where == "path"}
-    if description:
-        param["description"] = description
-    return param | {"schema": {"type": "string", **schema}}
-
-
-_STREAM = _param("stream", pattern=STREAM_PATTERN)
-_SESSION = _param("session", description="The id in the 201's Location.")
+_STREAM = param("stream", pattern=STREAM_PATTERN)
+_SESSION = param("session", description="The id in the 201's Location.")
 _BEARER: JSON = {"security": [{}, {"bearer": []}]}  # only when credentials are configured
-
-
-def _op(op_id: str, summary: str, responses: JSON, *params: JSON, **extra: Any) -> JSON:
-    operation: JSON = {"operationId": op_id, "summary": summary, "responses": responses}
-    if params:
-        operation["parameters"] = list(params)
-    return operation | extra
-
-
-def _body(media_type: str, schema: JSON | None = None) -> JSON:
-    return {"required": True, "content": {media_type: {"schema": schema or {"type": "string"}}}}
 
 
 _201_HEADERS = ("Location", "ETag", "Accept-Patch")
@@ -259,59 +142,59 @@ def _endpoint(role: str) -> JSON:
     """`/{role}/{stream}`: the WHIP or WHEP endpoint (RFC 9725 §4.2, WHEP §4.2)."""
     who = "publisher" if role == "whip" else "viewer"
     direction = "sendonly" if role == "whip" else "recvonly"
-    created = _empty("The answer, the session URL, its ICE session tag.", _201_HEADERS, ("Link",))
+    created = empty("The answer, the session URL, its ICE session tag.", _201_HEADERS, ("Link",))
     created["content"] = {SDP: {"schema": {"type": "string", "minLength": 1}}}
-    errors = _errors(307, 400, 401, 403, 409, 413, 415, 422, 429, 503)
+    refusals = errors(307, 400, 401, 403, 409, 413, 415, 422, 429, 503)
     params: list[JSON] = []
     if role == "whep":
         rid = "The simulcast rid to receive while it sends (else the largest)."
-        params.append(_param("layer", "query", rid, pattern=RID_PATTERN))
-    post = _op(
+        params.append(param("layer", "query", rid, pattern=RID_PATTERN))
+    post = operation(
         f"{role}_post",
         f"Start a {who} session: the SDP offer ({direction}) in, the answer out",
-        {"201": created, **errors},
+        {"201": created, **refusals},
         *params,
-        requestBody=_body(SDP),
+        requestBody=request_body(SDP),
         **_BEARER,
     )
-    discover = _empty("Discovery (WHEP §4.1, RFC 9725 §4.2): no content.", ("Accept-Post",))
+    discover = empty("Discovery (WHEP §4.1, RFC 9725 §4.2): no content.", ("Accept-Post",))
     discover["content"] = {SDP: {"schema": {"type": "string", "maxLength": 0}}}
-    allowed = _empty("Allowed methods; ICE servers unless a preflight.", _ALLOW_POST, ("Link",))
+    allowed = empty("Allowed methods; ICE servers unless a preflight.", _ALLOW_POST, ("Link",))
     return {
         "parameters": [_STREAM],
         "post": post,
-        "get": _op(f"{role}_get", "Discover", {"200": discover, **_errors(400)}),
-        "head": _op(f"{role}_head", "Discover", {"200": discover, **_errors(400)}),
-        "options": _op(f"{role}_options", "CORS preflight", {"200": allowed}),
+        "get": operation(f"{role}get", "Discover", {"200": discover, **errors(400)}),
+        "head": operation(f"{role}_head", "Discover", {"200": discover, **errors(400)}),
+        "options": operation(f"{role}_options", "CORS preflight", {"200": allowed}),
     }
 
 
 def _session(role: str) -> JSON:
     """`/{role}/{stream}/{session}`: the session resource (RFC 9725 §4.3, §4.4)."""
-    exists = {"200": _empty("It does."), **_errors(400, 404)}
-    trickled = _empty("Candidates added (unusable ones are ignored).")
+    exists = {"200": empty("It does."), **errors(400, 404)}
+    trickled = empty("Candidates added (unusable ones are ignored).")
     return {
         "parameters": [_STREAM, _SESSION],
-        "patch": _op(
+        "patch": operation(
             f"{role}_patch",
             "Trickle ICE candidates (RFC 8840); an ICE restart is refused (422)",
-            {"204": trickled, **_errors(400, 401, 403, 404, 412, 413, 415, 422, 429)},
-            _param("If-Match", "header"),
-            requestBody=_body(SDPFRAG),
+            {"204": trickled, **errors(400, 401, 403, 404, 412, 413, 415, 422, 429)},
+            param("If-Match", "header"),
+            requestBody=request_body(SDPFRAG),
             **_BEARER,
         ),
-        "delete": _op(
+        "delete": operation(
             f"{role}_delete",
             "End the session and free everything",
-            {"200": _empty("Ended."), **_errors(400, 401, 403, 404, 429)},
+            {"200": empty("Ended."), **errors(400, 401, 403, 404, 429)},
             **_BEARER,
         ),
-        "get": _op(f"{role}_session_get", "The session exists", exists),
-        "head": _op(f"{role}_session_head", "The session exists", exists),
-        "options": _op(
+        "get": operation(f"{role}_session_get", "The session exists", exists),
+        "head": operation(f"{role}_session_head", "The session exists", exists),
+        "options": operation(
             f"{role}_session_options",
             "CORS preflight",
-            {"200": _empty("Allowed methods.", ("Accept-Patch", "Allow"))},
+            {"200": empty("Allowed methods.", ("Accept-Patch", "Allow"))},
         ),
     }
 
@@ -319,15 +202,15 @@ def _session(role: str) -> JSON:
 def _json_extension(op_id: str, summary: str, body: JSON, ok: JSON) -> JSON:
     return {
         "parameters": [_STREAM, _SESSION],
-        "post": _op(
+        "post": operation(
             op_id,
             summary,
-            {**ok, **_errors(400, 401, 403, 404, 413, 429)},
-            requestBody=_body("application/json", body),
+            {**ok, **errors(400, 401, 403, 404, 413, 429)},
+            requestBody=request_body("application/json", body),
             **_BEARER,
         ),
-        "options": _op(
-            f"{op_id}_options", "CORS preflight", {"204": _empty("Accepted.", ("Accept-Post",))}
+        "options": operation(
+            f"{op_id}_options", "CORS preflight", {"204": empty("Accepted.", ("Accept-Post",))}
         ),
     }
 
@@ -347,17 +230,13 @@ _LAYER_REQUEST: JSON = {
 }
 
 
-def _get(op_id: str, summary: str, responses: JSON, *params: JSON) -> JSON:
-    return {"get": _op(op_id, summary, responses, *params)}
-
-
 def _html(op_id: str, summary: str, *params: JSON) -> JSON:
-    errors = _errors(400, 404) if params else _errors(404)
-    return _get(op_id, summary, {"200": _text("The page.", "text/html"), **errors}, *params)
+    refusals = errors(400, 404) if params else errors(404)
+    return get(op_id, summary, {"200": text_content("The page.", "text/html"), **refusals}, *params)
 
 
-_HEALTH: JSON = _object({"status": {"const": "ok"}})
-_READY: JSON = _object(
+_HEALTH: JSON = closed_object({"status": {"const": "ok"}})
+_READY: JSON = closed_object(
     {"status": {"enum": ["ready", "draining"]}, "registry": {"enum": ["ok", "unavailable"]}}
 )
 
@@ -380,73 +259,78 @@ DESCRIPTION: JSON = {
             "whep_sse_subscribe",
             "Server-sent events extension: subscribe to events",
             {"type": "array", "items": _EVENTS, "minItems": 1},
-            {"201": _empty("Subscribed: GET Location for the event stream.", ("Location",))},
+            {"201": empty("Subscribed: GET Location for the event stream.", ("Location",))},
         ),
-        "/whep/{stream}/{session}/sse/{subscription}": _get(
+        "/whep/{stream}/{session}/sse/{subscription}": get(
             "whep_sse_events",
             "The event stream: the current state, then changes, until the session ends",
             {
-                "200": _text("`event:` + one-line JSON `data:` per event.", "text/event-stream"),
-                **_errors(400, 401, 403, 404),
+                "200": text_content(
+                    "`event:` + one-line JSON `data:` per event.", "text/event-stream"
+                ),
+                **errors(400, 401, 403, 404),
             },
             _STREAM,
             _SESSION,
-            _param("subscription"),
+            param("subscription"),
         ),
         "/whep/{stream}/{session}/layer": _json_extension(
             "whep_layer_select",
             "Layer extension: choose the simulcast layer (at its next keyframe)",
             _LAYER_REQUEST,
-            {"204": _empty("Chosen.")},
+            {"204": empty("Chosen.")},
         ),
-        "/api/streams": _get(
+        "/api/streams": get(
             "list_streams",
             "Live streams, cluster-wide",
             {
-                "200": _json(
+                "200": json_content(
                     "This node's in full, other nodes' from the registry.",
                     {
                         "type": "array",
-                        "items": {"oneOf": [_schema("Stream"), _schema("RemoteStream")]},
+                        "items": {"oneOf": [ref("Stream"), ref("RemoteStream")]},
                     },
                 )
             },
         ),
-        "/api/streams/{stream}": _get(
+        "/api/streams/{stream}": get(
             "get_stream",
             "A stream published (or relayed) here, with its viewers",
-            {"200": _json("The stream.", _schema("StreamDetail")), **_errors(400, 404)},
+            {"200": json_content("The stream.", ref("StreamDetail")), **errors(400, 404)},
             _STREAM,
         ),
-        "/api/nodes": _get(
+        **RECORDING_PATHS,
+        "/api/nodes": get(
             "list_nodes",
             "The cluster's live nodes and their load",
             {
-                "200": _json("From the registry.", {"type": "array", "items": _schema("Node")}),
-                **_errors(503),
+                "200": json_content("From the registry.", {"type": "array", "items": ref("Node")}),
+                **errors(503),
             },
         ),
-        "/healthz": _get(
-            "healthz", "Liveness (never depends on Redis)", {"200": _json("Alive.", _HEALTH)}
+        "/healthz": get(
+            "healthz", "Liveness (never depends on Redis)", {"200": json_content("Alive.", _HEALTH)}
         ),
-        "/readyz": _get(
+        "/readyz": get(
             "readyz",
             "Readiness: 503 while draining",
             {
-                "200": _json("Takes new sessions.", _READY),
-                "503": _json("Draining.", _READY),
+                "200": json_content("Takes new sessions.", _READY),
+                "503": json_content("Draining.", _READY),
             },
         ),
-        "/metrics": _get(
-            "metrics", "Prometheus metrics", {"200": _text("Prometheus text format.", "text/plain")}
+        "/metrics": get(
+            "metrics",
+            "Prometheus metrics",
+            {"200": text_content("Prometheus text format.", "text/plain")},
         ),
-        "/openapi.json": _get(
-            "openapi", "This description", {"200": _json("OpenAPI 3.1.", {"type": "object"})}
+        "/openapi.json": get(
+            "openapi", "This description", {"200": json_content("OpenAPI 3.1.", {"type": "object"})}
         ),
         "/": _html("index_page", "The stream list page"),
         "/watch/{stream}": _html("watch_page", "The player page", _STREAM),
         "/publish/{stream}": _html("publish_page", "The publisher page", _STREAM),
-        "/player/{file}": _get(
+        "/player/{file}": get(
             "player_file",
             "The pages' ES modules and styles (any origin may load them)",
             {
@@ -454,27 +338,27 @@ DESCRIPTION: JSON = {
                     "description": "The file.",
                     "content": {t: {} for t in ("text/javascript", "text/css", "text/html")},
                 },
-                **_errors(404),
+                **errors(404),
             },
-            _param("file"),
+            param("file"),
         ),
     },
     "components": {
         "schemas": {
-            "Problem": _PROBLEM,
+            "Problem": PROBLEM_SCHEMA,
             "Layer": _LAYER,
             "Track": _TRACK,
-            "Stream": _object(_STREAM_PROPERTIES),
+            "Stream": closed_object(_STREAM_PROPERTIES),
             "RemoteStream": _REMOTE_STREAM,
-            "StreamDetail": _object(
-                _STREAM_PROPERTIES
-                | {"viewer_sessions": {"type": "array", "items": _schema("Viewer")}}
+            "StreamDetail": closed_object(
+                _STREAM_PROPERTIES | {"viewer_sessions": {"type": "array", "items": ref("Viewer")}}
             ),
             "Viewer": _VIEWER,
             "ViewerTrack": _VIEWER_TRACK,
             "Node": _NODE,
+            **RECORDING_SCHEMAS,
         },
-        "responses": _problem_responses(),
+        "responses": problem_responses(),
         "securitySchemes": {
             "bearer": {
                 "type": "http",

@@ -79,6 +79,8 @@ class RecordingApi:
             if read:
                 body = self.recordings.state(name)
             elif request.method == "POST":
+                if not self.recordings.enabled:
+                    raise Conflict("recording is off on this node: set BROADCAST_RECORD_DIR")
                 if stream is None or not stream.live:
                     raise Conflict(f"stream {name!r} is not live on this node", retry_after=5)
                 body = self.recordings.request(name, stream)

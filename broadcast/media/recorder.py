@@ -276,8 +276,10 @@ class Recording:
         segment = self.segment
         video = self._video_config(track) if track.kind == "video" else None
         if segment is not None:
+            # Media time since the segment's start, as the file's timestamps count it.
+            elapsed = 0.0 if track.base is None else (track.ext - track.base[0]) / track.clock_rate
             due = (
-                wall - segment.started >= self.segment_seconds
+                elapsed >= self.segment_seconds
                 or segment.size >= self.segment_bytes
                 or (frame.keyframe and video is not None and video != segment.video)
             )

@@ -84,12 +84,11 @@ class Recordings:
         task.add_done_callback(lambda _: self._closing.discard(recording))
 
     def request(self, name: str, stream: Stream | None) -> dict[str, object]:
-        """The API asks for the stream to be recorded (now, if live; else once it is)."""
-        if self.directory is None:
-            raise Conflict("recording is off on this node: set BROADCAST_RECORD_DIR")
+        """The API asks for the stream to be recorded (now, if live; else once it is);
+        only while recording is enabled."""
         self.requested.add(name)
         self.declined.discard(name)
-        if stream is not None and stream.live:
+        if self.directory is not None and stream is not None and stream.live:
             self._start(stream)
         return self.state(name)
 
