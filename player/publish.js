@@ -1,8 +1,9 @@
 // The publisher page (GET /publish/{stream}): capture camera or screen, preview, go live over
 // WHIP. Media is requested only after a click (Start preview / Go live), never on load.
 // Capture and the device lists are in publish-media.js, the error messages in
-// publish-messages.js. A `#key=...` fragment turns on end-to-end encryption (e2ee.js): the
-// key stays in this page; only VP8 and H.264 can be chosen then (their headers stay clear).
+// publish-messages.js, the chat box in publish-chat.js. A `#key=...` fragment turns on
+// end-to-end encryption (e2ee.js): the key stays in this page; only VP8 and H.264 can be
+// chosen then (their headers stay clear).
 
 import {
   capture,
@@ -13,6 +14,7 @@ import {
   listDevices,
 } from "./publish-media.js";
 import { E2EE, e2eeSupported, keyFromFragment } from "./e2ee.js";
+import { CHAT_CHANNEL, PublishChat } from "./publish-chat.js";
 import { explain } from "./publish-messages.js";
 import { WHIPClient } from "./whip.js";
 
@@ -42,6 +44,9 @@ let client = null;
 let busy = false;
 let statsTimer = null;
 let statsRunning = false;
+const chat = new PublishChat({
+  log: $("chat-log"), form: $("chat-form"), input: $("chat-input"), send: $("chat-send"),
+});
 
 // For tests and the console: the current WHIPClient and MediaStream, or null.
 const exposed = { client: null, stream: null };
@@ -297,6 +302,7 @@ async function goLive() {
     publisher = new WHIPClient(`/whip/${encodeURIComponent(stream)}`, {
       token: ui.token.value.trim() || undefined,
       e2ee,
+      dataChannels: [CHAT_CHANNEL],
     });
   } catch (error) {
     busy = false;
@@ -307,6 +313,7 @@ async function goLive() {
   client = publisher;
   exposed.client = publisher;
   publisher.addEventListener("statechange", (e) => publisher === client && onState(e.detail));
+  publisher.addEventListener("datachannel", (e) => publisher === client && chat.attach(e.detail.channel));
   busy = false;
   render();
   try {
@@ -325,6 +332,8 @@ async function goLive() {
 }
 
 function onState({ state, reason }) {
+  // The attempt's pc closed, and its chat channel without a "close" event.
+  if (state === "reconnecting" || state === "failed" || state === "stopped") chat.detach();
   if (state === "connecting") setStatus("Connecting to the server…");
   else if (state === "live") {
     setStatus("Live. Share the link below with your viewers.");
@@ -347,6 +356,7 @@ function stopAll(statusText) {
   client = null;
   exposed.client = null;
   stopStats();
+  chat.detach();
   publisher?.stop().catch(() => undefined);
   e2ee?.close();
   e2ee = null;

@@ -4,10 +4,10 @@
  * its offer, POSTs it, applies the answer and the Link header (ICE servers, extension URLs
  * in _ext), trickles later candidates with PATCH (RFC 8840), DELETEs the session, watches
  * connection and DTLS state, and reconnects with backoff; it owns state, stream, sessionUrl
- * and attempts, and the "statechange", "track" and "error" events. WHEPClient extends it
- * with the media watchdog, stats and extensions through two hooks: _sessionStarted(gen)
- * once the answer is applied (gen identifies the attempt, see _gen) and _sessionEnded()
- * when a session is torn down, before its peer connection closes.
+ * and attempts, and the "statechange", "track", "datachannel" and "error" events.
+ * WHEPClient extends it with the media watchdog, stats and extensions through two hooks:
+ * _sessionStarted(gen) once the answer is applied (gen identifies the attempt, see _gen)
+ * and _sessionEnded() when a session is torn down, before its peer connection closes.
  */
 
 import {
@@ -45,6 +45,7 @@ export class WHEPConnection extends EventTarget {
       codecs: null,
       gatherTimeoutMs: 500,
       statsIntervalMs: 1000,
+      dataChannel: "whep",
       ...options,
     };
     const o = this.options;
@@ -174,6 +175,23 @@ export class WHEPConnection extends EventTarget {
       // Before the first frame arrives: an encrypted frame must never reach the decoder.
       this.options.e2ee?.receiver(transceiver.receiver, kind);
     }
+    // A channel of our own puts m=application in the offer (after the media sections, so
+    // the mids above stay), which is what makes the server mirror the publisher's data
+    // channels on this session (RFC 8841, RFC 8831 §6.1).
+    const label = this.options.dataChannel;
+    if (label && typeof pc.createDataChannel === "function") {
+      try {
+        pc.createDataChannel(label);
+      } catch (error) {
+        this._emit("error", { error, message: `cannot open a data channel: ${error.message}` });
+      }
+    }
+
+    pc.addEventListener("datachannel", (event) => {
+      if (gen !== this._gen || !event.channel) return;
+      event.channel.binaryType = "arraybuffer";
+      this._emit("datachannel", { channel: event.channel });
+    });
 
     pc.addEventListener("track", (event) => {
       if (gen !== this._gen) return;

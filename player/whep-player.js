@@ -13,8 +13,12 @@
  *   stats         show the stats overlay from the start.
  *   no-reconnect  do not reconnect automatically.
  *   codecs        comma-separated codecs to offer, e.g. "VP8,H264,opus" (default: all).
+ *   chat          on unless chat="false": offer a data channel so that the server mirrors
+ *                 the publisher's data channels, and show their text messages in an
+ *                 overlay (whep-chat.js) with an input to answer on the "chat" channel.
  *
- * Properties: video (HTMLVideoElement), client (WHEPClient or null), state, e2eeKey (the
+ * Properties: video (HTMLVideoElement), client (WHEPClient or null), chat (ChatPanel: its
+ * counts are {text, binary} messages received), state, e2eeKey (the
  * end-to-end encryption passphrase, or null: set it from the page's URL fragment, never
  * from anything the server sends; setting it reconnects). With a key, a badge says
  * "End-to-end encrypted", frames that do not decrypt are dropped, and after a few seconds
@@ -24,6 +28,7 @@
  */
 
 import { DecryptWatch, E2EE } from "./e2ee.js";
+import { CHAT_STYLE, CHAT_TEMPLATE, ChatPanel } from "./whep-chat.js";
 import { WHEPClient } from "./whep.js";
 
 const STYLE = `
@@ -38,7 +43,9 @@ video { display: block; width: 100%; height: 100%; object-fit: contain; backgrou
   background: rgba(0,0,0,.65); text-align: center; pointer-events: none; }
 .status:empty { display: none; }
 .status.error { background: rgba(140,20,20,.85); }
-.bar { position: absolute; left: 0; right: 0; bottom: 0; display: flex; flex-wrap: wrap;
+.dock { position: absolute; inset: 0; display: flex; flex-direction: column;
+  justify-content: flex-end; pointer-events: none; }
+.bar { pointer-events: auto; display: flex; flex-wrap: wrap;
   align-items: center; gap: 6px; padding: 6px 8px;
   background: linear-gradient(transparent, rgba(0,0,0,.75)); }
 .spacer { flex: 1 1 auto; }
@@ -63,6 +70,7 @@ select option { color: #000; background: #fff; }
   button, select { padding: 4px 7px; min-height: 32px; font-size: 13px; }
   .stats { font-size: 11px; }
 }
+${CHAT_STYLE}
 `;
 
 const TEMPLATE = `
@@ -80,6 +88,8 @@ const TEMPLATE = `
   <dt>Codec</dt><dd data-stat="codec">–</dd>
   <dt>Layer</dt><dd data-stat="layer">–</dd>
 </dl>
+<div class="dock">
+${CHAT_TEMPLATE}
 <div class="bar" part="controls">
   <button type="button" class="play" hidden aria-label="Play">Play</button>
   <button type="button" class="unmute" aria-label="Unmute" data-muted="true">Unmute</button>
@@ -90,8 +100,10 @@ const TEMPLATE = `
   <select id="quality" class="quality" hidden aria-label="Quality">
     <option value="">Auto</option>
   </select>
+  <button type="button" class="chat-toggle" hidden aria-pressed="false" aria-label="Show chat">Chat</button>
   <button type="button" class="stats-toggle" aria-pressed="false" aria-label="Show statistics">Stats</button>
   <button type="button" class="fullscreen" aria-label="Enter full screen">Fullscreen</button>
+</div>
 </div>
 `;
 
@@ -122,7 +134,7 @@ function layerLabel(layer) {
 
 export class WHEPPlayerElement extends HTMLElement {
   static get observedAttributes() {
-    return ["src", "token", "muted", "stats", "no-reconnect", "codecs"];
+    return ["src", "token", "muted", "stats", "no-reconnect", "codecs", "chat"];
   }
 
   constructor() {
@@ -132,6 +144,8 @@ export class WHEPPlayerElement extends HTMLElement {
     const $ = (sel) => root.querySelector(sel);
     this.video = $("video");
     this.client = null;
+    this.chat = new ChatPanel(root);
+    this._chatSrc = null; // the src whose messages the chat log shows
     this._ui = {
       status: $(".status"),
       stats: $(".stats"),
@@ -204,7 +218,7 @@ export class WHEPPlayerElement extends HTMLElement {
 
   attributeChangedCallback(name, oldValue, value) {
     if (oldValue === value || !this.isConnected) return;
-    if (["src", "token", "no-reconnect", "codecs"].includes(name)) this._restart();
+    if (["src", "token", "no-reconnect", "codecs", "chat"].includes(name)) this._restart();
     else if (name === "muted") this._setMuted(flag(this, "muted", true));
     else if (name === "stats") this._showStats(this.hasAttribute("stats") && flag(this, "stats", true));
   }
@@ -226,6 +240,7 @@ export class WHEPPlayerElement extends HTMLElement {
         token: this.getAttribute("token") || null,
         codecs: this.getAttribute("codecs")?.split(",").filter((c) => c.trim()) || null,
         reconnect: !this.hasAttribute("no-reconnect") || !flag(this, "no-reconnect", true),
+        dataChannel: flag(this, "chat", true) ? "whep" : null,
       });
     } catch (error) {
       this._status(`Cannot play: ${error.message}`, true);
@@ -233,10 +248,13 @@ export class WHEPPlayerElement extends HTMLElement {
     }
     this.client = client;
     this._everPlayed = false;
+    if (src !== this._chatSrc) this.chat.clear();
+    this._chatSrc = src;
     client.addEventListener("statechange", (e) => client === this.client && this._onState(e.detail));
     client.addEventListener("track", () => client === this.client && this._attach());
     client.addEventListener("layers", (e) => client === this.client && this._renderLayers(e.detail.layers));
     client.addEventListener("viewercount", (e) => client === this.client && this._renderViewers(e.detail.viewerCount));
+    client.addEventListener("datachannel", (e) => client === this.client && this.chat.add(e.detail.channel));
     client.start().catch((error) => this._status(`Cannot play: ${error.message}`, true));
     if (!this._ui.stats.hidden) this._startStats();
   }
@@ -254,6 +272,7 @@ export class WHEPPlayerElement extends HTMLElement {
     this._ui.e2ee.hidden = true;
     this._renderLayers([]);
     this._renderViewers(null);
+    this.chat.detach();
   }
 
   _startE2EE(key) {
@@ -298,6 +317,8 @@ export class WHEPPlayerElement extends HTMLElement {
   _onState(detail) {
     const { state, reason } = detail;
     this._clearCountdown();
+    // That session's channels closed with it (without "close" events); the log stays.
+    if (["reconnecting", "failed", "stopped"].includes(state)) this.chat.detach();
     if (state === "connecting") this._status(this._everPlayed ? "Reconnecting…" : "Connecting…");
     else if (state === "waiting") this._status("Waiting for the stream to start…");
     else if (state === "playing") {

@@ -26,6 +26,9 @@
  *                         null = everything the browser can receive. null
  *   options.e2ee          an E2EE (e2ee.js): frames are decrypted end to end; those that
  *                         do not decrypt are dropped. null
+ *   options.dataChannel   label of a data channel opened before the offer, so that the offer
+ *                         has m=application and the server mirrors the publisher's channels
+ *                         on this session ("datachannel" events); null = no data channels. "whep"
  *   options.fetch, options.RTCPeerConnection, options.MediaStream   injectable (tests).
  *   options.setTimeout, options.clearTimeout, options.random, options.now  injectable (tests).
  *   options.gatherTimeoutMs   how long to wait for ICE gathering before the POST. 500
@@ -52,6 +55,9 @@
  *   "track"       {track, stream}
  *   "layers"      {layers}
  *   "viewercount" {viewerCount}
+ *   "datachannel" {channel}   a publisher's channel mirrored by the server (RTCDataChannel,
+ *                 binaryType "arraybuffer"), once per channel and session: a reconnect brings
+ *                 new ones. Same label, ordered and maxRetransmits as the publisher's.
  *   "error"       {error, message}   non-fatal problems (a failed PATCH, event stream, ...).
  *
  * Reconnects (with backoffDelay(attempts), or the server's Retry-After) on: 409, 429, 503 and

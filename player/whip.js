@@ -22,6 +22,8 @@
  *                       candidates are trickled with PATCH (RFC 8840).
  *   options.connectTimeout ms from POST until connectionState "connected" (default 15000).
  *   options.e2ee        an E2EE (e2ee.js): every frame sent is encrypted end to end.
+ *   options.dataChannels  [{label, ...RTCDataChannelInit}] opened before each offer (so
+ *                       they are in-band, RFC 8832); the server mirrors them on its viewers.
  *
  * Properties (read-only):
  *   state       "idle" | "connecting" | "live" | "reconnecting" | "stopped" | "failed"
@@ -48,7 +50,8 @@
  *       qualityLimitationReason, codec, layers}>  bitrate is video+audio bit/s since the
  *       previous call; layers counts the active outbound video encodings.
  *
- * Events: "statechange" (detail {state, reason}), "error" (detail {error, fatal}).
+ * Events: "statechange" (detail {state, reason}), "error" (detail {error, fatal}),
+ *   "datachannel" (detail {channel}): one of options.dataChannels, new at every attempt.
  * Every reconnect DELETEs the old session first (best effort) and re-POSTs with the same
  * tracks; the server answers an ICE restart with 422, so this client never tries one.
  */
@@ -119,6 +122,7 @@ export class WHIPClient extends EventTarget {
     this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
     this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
     this._e2ee = options.e2ee ?? null;
+    this._dataChannels = options.dataChannels ?? [];
     this.state = "idle";
     this.sessionUrl = null;
     this.etag = null;
@@ -240,6 +244,11 @@ export class WHIPClient extends EventTarget {
       });
       pc.addEventListener("connectionstatechange", () => this._onConnectionState(pc, generation));
       this._addTransceivers(pc);
+      for (const { label, ...init } of this._dataChannels) {
+        const channel = pc.createDataChannel(label, init);
+        channel.binaryType = "arraybuffer";
+        this.dispatchEvent(new Custom("datachannel", { detail: { channel } }));
+      }
 
       await pc.setLocalDescription(await pc.createOffer());
       await waitForGathering(pc, this.gatherTimeout);

@@ -28,6 +28,8 @@ class Gate:
 
     def __init__(self, publisher: Publisher, frames: int) -> None:
         self.closed = asyncio.Event()
+        self.frames = frames
+        self.all_sent = asyncio.Event()  # the last video frame is encoded and sent
         self.sent = {"video": 0, "audio": 0}
         for kind, track in (("video", publisher.video), ("audio", publisher.audio)):
             self._wrap(kind, track, frames if kind == "video" else None)
@@ -56,6 +58,8 @@ class Gate:
             encoded = await original(codec)
             if encoded is not None:
                 self.sent[kind] += 1
+                if self.sent["video"] == self.frames:
+                    self.all_sent.set()
             return encoded
 
         sender._next_encoded_frame = next_frame
@@ -69,10 +73,9 @@ def probe(path: Path) -> dict[str, Any]:
             spans: list[float] = []
             frames = 0
             for packet in container.demux(stream):
-                if packet.pts is None:
-                    continue  # the demuxer's end-of-stream marker
-                start = float(packet.pts * packet.time_base)
-                spans += [start, start + float(packet.duration * packet.time_base)]
+                if packet.pts is not None:  # None: the end, which flushes the decoder
+                    start = float(packet.pts * packet.time_base)
+                    spans += [start, start + float(packet.duration * packet.time_base)]
                 frames += len(packet.decode())
             container.seek(0)
             out[stream.type] = {
@@ -110,7 +113,7 @@ async def test_ten_seconds_recorded_in_sync_frame_for_frame(
     gate = Gate(publisher, frames=10 * FPS)
     client = server.client
     assert (await publisher.start(client)).status == 201
-    await asyncio.wait_for(gate.closed.wait(), 20)
+    await asyncio.wait_for(gate.all_sent.wait(), 20)
     recordings = server.hub.recordings
     await wait_for(
         lambda: recordings.state("show").get("frames", {}).get("video", 0) >= gate.sent["video"],
@@ -263,7 +266,7 @@ async def test_a_publisher_that_vanishes_leaves_a_finished_file(
     publisher = Publisher(server.base_url, "gone", size=(320, 240))
     gate = Gate(publisher, frames=3 * FPS)
     assert (await publisher.start(server.client)).status == 201
-    await asyncio.wait_for(gate.closed.wait(), 20)
+    await asyncio.wait_for(gate.all_sent.wait(), 20)
     recordings = server.hub.recordings
     await wait_for(
         lambda: recordings.state("gone").get("frames", {}).get("video", 0) >= gate.sent["video"],
