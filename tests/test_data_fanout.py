@@ -146,4 +146,6 @@ async def test_viewers_talk_back_only_when_the_setting_allows(
     heard, both, pcs = await viewer_says_hello(allowed)
     await asyncio.wait_for(both.wait(), 10)
     assert heard == ["hello from a viewer", b"\x00binary"]
+    metrics = (await allowed.client.get("/metrics")).text
+    assert 'broadcast_data_messages_total{direction="out"} 2.0' in metrics
     await asyncio.gather(*(pc.close() for pc in pcs))

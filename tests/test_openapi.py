@@ -429,8 +429,11 @@ def _vary_headers(case: schemathesis.Case, rng: random.Random) -> None:
     "ignore:Do not use the `random` module inside strategies"
     ":hypothesis.errors.HypothesisDeprecationWarning"
 )
-async def test_schemathesis_finds_no_server_error(make_server: ServerFactory) -> None:
+async def test_schemathesis_finds_no_server_error(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
     server = await make_server(
+        record_dir=str(tmp_path),  # the recording API starts, stops and lists for real
         connect_timeout=300,
         max_handshakes=100_000,  # its sessions never connect: no 503 for that
         rate_limit=0,  # ~100 requests a second: no 429

@@ -11,13 +11,15 @@ from typing import Any
 import av
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer, ServerFactory
 from tests.support.nodes import Node, nodes
 from tests.support.peers import Publisher
+from tests.support.redisproc import RedisProcess, redis_server
 from tests.test_openapi import check_answer
 
-__all__ = ["nodes"]
+__all__ = ["nodes", "redis_server"]
 
 FPS = 30
 
@@ -95,6 +97,17 @@ async def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
             return result
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[str, float]:
+    """/metrics, parsed by prometheus-client: unlabelled samples by name."""
+    text = (await client.get("/metrics")).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 async def files(client: httpx.AsyncClient, base: str, stream: str) -> list[dict[str, Any]]:
@@ -187,6 +200,8 @@ async def test_the_api_starts_stops_lists_serves_and_deletes(
     )
     described = (await client.get("/api/streams/show")).json()
     assert described["recording"]["recording"] is True
+    metrics = await scrape(client)
+    assert metrics["broadcast_recordings"] == 1 and metrics["broadcast_recording_bytes_total"] > 0
     stopped = await client.delete(control, headers=owner)
     check_answer("/api/streams/{stream}/recording", "DELETE", stopped)
     assert stopped.json()["recording"] is False and stopped.json()["wanted"] is False
@@ -280,3 +295,30 @@ async def test_a_publisher_that_vanishes_leaves_a_finished_file(
     media = probe(tmp_path / "gone" / listing[0]["name"])
     assert media["video"]["frames"] == gate.sent["video"] == 3 * FPS
     assert abs(media["video"]["end"] - 3.0) < 0.1
+
+
+async def test_the_owner_answers_for_its_recording(
+    redis_server: RedisProcess, nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Two workers: whichever takes the request, the stream's worker answers; another
+    node sends the client there (307)."""
+    origin = nodes("a", redis_server.url, workers=2, record_dir=str(tmp_path), rate_limit="0")
+    other = nodes("b", redis_server.url)
+    async with httpx.AsyncClient(timeout=10) as client:
+        publisher = Publisher(origin.url, "cam", size=(160, 120))
+        assert (await publisher.start(client)).status == 201
+        await asyncio.wait_for(publisher.connected.wait(), 10)
+        path = "/api/streams/cam/recording"
+        for _ in range(8):  # a new connection each: the kernel spreads them over workers
+            async with httpx.AsyncClient(timeout=10) as fresh:
+                state = (await fresh.get(origin.url + path)).json()
+            assert state["recording"] is True, state
+        for _ in range(50):  # the registry lists the stream within a heartbeat (5 s)
+            moved = await client.post(other.url + path)
+            if moved.status_code == 307:
+                break
+            await asyncio.sleep(0.1)
+        assert moved.status_code == 307
+        # The registry's URL of the stream's worker (its own port, BROADCAST_PORT + 1 + i).
+        assert moved.headers["location"] in {origin.private_url(i) + path for i in (0, 1)}
+        await publisher.stop(client)

@@ -6,7 +6,8 @@ request can land on a worker that does not hold what it is about:
 - a session URL (`/whip|whep/{stream}/{session}...`: PATCH, DELETE, the SSE and layer
   extensions) is passed to the worker that made the session; its id starts with that
   worker's index (`broadcast.media.session.new_session_id`);
-- `GET /api/streams/{stream}` is passed to the worker the stream is published on;
+- `/api/streams/{stream}` and its recording API are passed to the worker the stream is
+  published on;
 - `/metrics` gathers every worker's metrics, each sample labelled `worker`.
 
 The answer to a WHIP/WHEP POST closes its connection, so that sessions spread over the
@@ -102,7 +103,7 @@ class WorkerRouter:
         if len(parts) >= 3 and parts[0] in ("whip", "whep"):
             index = worker_of(parts[2])
             return index if index is not None and index < len(self.siblings) else None
-        if len(parts) == 3 and parts[:2] == ["api", "streams"]:
+        if len(parts) >= 3 and parts[:2] == ["api", "streams"]:  # and its recording
             with contextlib.suppress(RegistryUnavailable):
                 owner = await self.lookup(parts[2])
                 if owner in self.node_ids:

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from broadcast.media.datachannels import DROP_REASONS
 from broadcast.media.hub import Hub
 from broadcast.media.viewer import ViewerSession
 
@@ -148,6 +149,42 @@ class HubCollector(Collector):
             int(hub.cluster.available),
         )
         yield from self._viewer_layers()
+        yield from self._data_and_recording()
+
+    def _data_and_recording(self) -> Iterator[Metric]:
+        hub, ended = self.hub, self.hub.ledger.ended
+        hubs = [s.data for s in hub.streams.values() if s.data is not None]
+        messages = CounterMetricFamily(
+            "broadcast_data_messages",
+            "Data channel messages: in from publishers and viewers, out to them",
+            labels=["direction"],
+        )
+        messages.add_metric(["in"], ended.data_messages["in"] + sum(d.messages_in for d in hubs))
+        messages.add_metric(["out"], ended.data_messages["out"] + sum(d.messages_out for d in hubs))
+        dropped = CounterMetricFamily(
+            "broadcast_data_dropped",
+            "Data channel messages dropped: size, rate, buffer, viewer_disallowed, no_publisher",
+            labels=["reason"],
+        )
+        for reason in DROP_REASONS:
+            live = sum(d.dropped.get(reason, 0) for d in hubs)
+            dropped.add_metric([reason], ended.data_dropped.get(reason, 0) + live)
+        recordings = hub.recordings
+        yield from (
+            messages,
+            dropped,
+            _gauge("broadcast_recordings", "Streams being recorded", len(recordings.active)),
+            _counter(
+                "broadcast_recording_bytes",
+                "Bytes of coded media written to recordings",
+                recordings.bytes_written(),
+            ),
+            _counter(
+                "broadcast_recording_frames_dropped",
+                "Frames left out of recordings (loss, damage, or a disk too slow)",
+                recordings.frames_dropped(),
+            ),
+        )
 
     def _viewer_layers(self) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
         """Which layer viewers receive and what the ABR policy estimates their links carry.

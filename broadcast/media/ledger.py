@@ -34,6 +34,8 @@ class Totals:
     plis_out: int = 0  # keyframe requests sent to publishers
     ingress_packets: dict[str, int] = field(default_factory=lambda: {"audio": 0, "video": 0})
     ingress_octets: dict[str, int] = field(default_factory=lambda: {"audio": 0, "video": 0})
+    data_messages: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0})
+    data_dropped: dict[str, int] = field(default_factory=dict)  # by reason
 
 
 def reason_of(error: BroadcastError) -> str:
@@ -93,6 +95,11 @@ class Ledger:
                 e.plis_in += d.plis
 
     def stream_removed(self, stream: Stream) -> None:
+        if stream.data is not None:
+            self.ended.data_messages["in"] += stream.data.messages_in
+            self.ended.data_messages["out"] += stream.data.messages_out
+            for reason, count in stream.data.dropped.items():
+                self.ended.data_dropped[reason] = self.ended.data_dropped.get(reason, 0) + count
         for kind in ("audio", "video"):
             for feed in stream.track_feeds(kind):
                 self.ended.ingress_packets[kind] += feed.packets

@@ -211,12 +211,13 @@ class Recording:
             self._asked_at = now
             track.downtrack.request_keyframe()
 
-    def _drain(self) -> None:
-        """Place the pending frames once every track's clock is known (or waited for)."""
+    def _drain(self, force: bool = False) -> None:
+        """Place the pending frames once every track's clock is known (or waited for, or
+        `force`: the recording ends)."""
         if not self._pending or self.stopped:
             return
         waited = self._loop.time() - (self._pending_since or self._loop.time())
-        if waited < CLOCK_WAIT and any(t.clock is None for t in self.tracks):
+        if not force and waited < CLOCK_WAIT and any(t.clock is None for t in self.tracks):
             if len(self._pending) <= PENDING_LIMIT:
                 return
         pending, self._pending, self._pending_since = self._pending, [], None
@@ -325,14 +326,24 @@ class Recording:
         """Finish the current file and let the writer thread end."""
         if self.stopped:
             return
-        self.stopped = True
         self.stream.unsubscribe((self, "recording"))
+        for track in self.tracks:  # what waited behind a gap that will not be filled now
+            if track.depacketizer is not None:
+                self._pending += [(track, f) for f in track.depacketizer.flush()]
+        self._drain(force=True)
+        self.stopped = True
         self._close_segment()
         self.writer.close()
 
     async def wait_closed(self, timeout: float = 10.0) -> bool:
         """After stop(): wait until the last file is complete on disk."""
         return await asyncio.to_thread(self.writer.join, timeout)
+
+    @property
+    def frames_dropped(self) -> int:
+        """Lost or damaged on the way in, or refused by a disk too slow."""
+        lost = sum(t.depacketizer.frames_dropped for t in self.tracks if t.depacketizer)
+        return lost + self.writer.dropped
 
     @property
     def current_file(self) -> Path | None:
@@ -345,10 +356,7 @@ class Recording:
             "file": None if self.segment is None else self.segment.path.name,
             "segments": len(self.files),
             "frames": {t.kind: t.frames for t in self.tracks},
-            "frames_dropped": sum(
-                t.depacketizer.frames_dropped for t in self.tracks if t.depacketizer is not None
-            )
-            + self.writer.dropped,
+            "frames_dropped": self.frames_dropped,
             "bytes": self.writer.bytes_written,
             "errors": self.writer.errors,
         }

@@ -38,6 +38,7 @@ class Recordings:
         self.requested: set[str] = set()
         self.declined: set[str] = set()
         self._closing: set[Recording] = set()
+        self._ended = {"bytes": 0, "frames_dropped": 0}  # of recordings that finished
 
     @property
     def enabled(self) -> bool:
@@ -81,7 +82,22 @@ class Recordings:
         recording.stop()
         self._closing.add(recording)
         task = asyncio.ensure_future(recording.wait_closed())
-        task.add_done_callback(lambda _: self._closing.discard(recording))
+        task.add_done_callback(lambda _: self._finished(recording))
+
+    def _finished(self, recording: Recording) -> None:
+        self._closing.discard(recording)
+        self._ended["bytes"] += recording.writer.bytes_written
+        self._ended["frames_dropped"] += recording.frames_dropped
+
+    def _all(self) -> list[Recording]:
+        return [*self.active.values(), *self._closing]
+
+    def bytes_written(self) -> int:
+        """Coded media bytes written to files so far (for /metrics)."""
+        return self._ended["bytes"] + sum(r.writer.bytes_written for r in self._all())
+
+    def frames_dropped(self) -> int:
+        return self._ended["frames_dropped"] + sum(r.frames_dropped for r in self._all())
 
     def request(self, name: str, stream: Stream | None) -> dict[str, object]:
         """The API asks for the stream to be recorded (now, if live; else once it is);
@@ -117,7 +133,7 @@ class Recordings:
         if not folder.is_dir():
             return []
         # The file being written, or whose end is still being written.
-        writing = {r.files[-1] for r in (*self._closing, *self.active.values()) if r.files}
+        writing = {r.files[-1] for r in self._all() if r.files}
         out: list[dict[str, object]] = []
         for path in sorted(folder.iterdir()):
             if not FILE_NAME.fullmatch(path.name) or not path.is_file():

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from broadcast.protocol.keyframes import is_frame_start, is_keyframe_start
 
-__all__ = ["REORDER_WINDOW", "Depacketizer", "Frame", "avc_decoder_config", "opus_head"]
+__all__ = ["REORDER_WINDOW", "Depacketizer", "Frame", "opus_head"]
 
 REORDER_WINDOW = 64  # packets held behind a gap before it counts as lost
 
@@ -276,28 +276,6 @@ class Depacketizer:
         if self.codec != "opus":
             self.need_keyframe = True
             self._waiting = True
-
-
-def avc_decoder_config(sps: bytes, pps: bytes) -> bytes:
-    """AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.3.3.1) for one SPS and one PPS:
-    the extradata of an AVCC H.264 track in Matroska or MP4.
-
-    The High-profile extension fields (chroma format, bit depths) are left out; FFmpeg's
-    muxers and decoders do not need them.
-    """
-    if len(sps) < 4 or len(pps) < 1 or len(sps) > 0xFFFF or len(pps) > 0xFFFF:
-        raise ValueError("an SPS of at least 4 bytes and a PPS are needed, each under 64 KiB")
-    return (
-        # configurationVersion 1, AVCProfileIndication, profile_compatibility,
-        # AVCLevelIndication (the SPS bytes after its NAL header), then '111111' and
-        # lengthSizeMinusOne = 3, '111' and numOfSequenceParameterSets = 1.
-        bytes((1, sps[1], sps[2], sps[3], 0xFF, 0xE1))
-        + len(sps).to_bytes(2, "big")
-        + sps
-        + b"\x01"  # numOfPictureParameterSets
-        + len(pps).to_bytes(2, "big")
-        + pps
-    )
 
 
 def opus_head(channels: int = 2, pre_skip: int = 312, sample_rate: int = 48000) -> bytes:
