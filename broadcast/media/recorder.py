@@ -95,7 +95,7 @@ class RecordingTrack(DownTrack):
 @dataclass
 class _Track:
     kind: str
-    index: int  # in this track list, and in each segment's streams while present
+    index: int  # in the recording's tracks, and so in each file's streams
     codecs: dict[int, str]  # payload type -> codec name
     clock_rate: int
     downtrack: RecordingTrack | None = None
@@ -122,8 +122,7 @@ class _Track:
 class _Segment:
     path: Path
     started: float  # NTP seconds of its first frame
-    tracks: list[_Track]
-    video: _VideoConfig | None  # codec, size, extradata
+    video: _VideoConfig | None
     size: int = 0
 
 
@@ -303,14 +302,14 @@ class Recording:
             path = self.directory / f"{self.stream.name}_{stamp}-{n}.{ext}"
             n += 1
         specs = []
-        for index, track in enumerate(self.tracks):
-            track.index, track.base = index, None
+        for track in self.tracks:
+            track.base = None
             if track.kind == "video" and video is not None:
                 codec, (width, height), _ = video
                 specs.append(TrackSpec("video", codec, width, height))
             else:
                 specs.append(TrackSpec("audio", "opus"))
-        self.segment = _Segment(path, wall, list(self.tracks), video)
+        self.segment = _Segment(path, wall, video)
         self.files.append(path)
         self.writer.open(path, specs)
         logger.info("recording %s to %s", self.stream.name, path)
