@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # auto: VP8 -> WebM, H.264 -> Matroska; mkv: Matroska; mp4: fragmented MP4 (H.264)
     record_format: Literal["auto", "mkv", "mp4"] = "auto"
     record_segment_seconds: float = Field(default=600.0, ge=1)  # a new file this often
-    record_segment_bytes: int = Field(default=2**31, ge=1_000_000)  # ... or this large
+    record_segment_bytes: int = Field(default=2**31, ge=10_000)  # ... or this large
     # Data channels (RFC 8831): a publisher's messages fan out to every viewer.
     data_max_message_bytes: int = Field(default=16384, ge=1, le=262144)
     data_rate: float = Field(default=100.0, ge=0)  # messages a second per sender (0: no limit)

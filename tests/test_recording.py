@@ -327,3 +327,21 @@ async def test_the_owner_answers_for_its_recording(
         # The registry's URL of the stream's worker (its own port, BROADCAST_PORT + 1 + i).
         assert moved.headers["location"] in {origin.private_url(i) + path for i in (0, 1)}
         await publisher.stop(client)
+
+
+async def test_segments_rotate_by_size(make_server: ServerFactory, tmp_path: Path) -> None:
+    limit = 40_000
+    server: RunningServer = await make_server(record_dir=str(tmp_path), record_segment_bytes=limit)
+    publisher = Publisher(server.base_url, "big", size=(640, 360))
+    assert (await publisher.start(server.client)).status == 201
+    recordings = server.hub.recordings
+    await wait_for(lambda: recordings.state("big").get("segments", 0) >= 3, 30, "three segments")
+    await publisher.stop(server.client)
+    await wait_for(
+        lambda: not any(f["in_progress"] for f in recordings.files("big")), 10, "the last file"
+    )
+    paths = sorted((tmp_path / "big").iterdir())
+    for path in paths[:-1]:  # past the limit, then cut at the next keyframe
+        assert limit <= path.stat().st_size < 3 * limit, path.stat().st_size
+        media = probe(path)
+        assert media["video"]["frames"] > 0 and media["video"]["start"] == 0.0
