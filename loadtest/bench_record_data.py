@@ -38,7 +38,7 @@ import httpx
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCRtpSender
 from aiortc import RTCSessionDescription as SDP
 
-from loadtest.bench_fanout import proc_sample
+from loadtest.bench_fanout import proc_sample, stop_server
 from loadtest.publisher import ClipSpec, encode_clip
 from loadtest.quick_cpu import PacketTrack
 
@@ -65,17 +65,6 @@ def start_server(port: int, env_extra: dict[str, str], log: Path) -> subprocess.
         time.sleep(0.1)
     stop_server(server)
     raise RuntimeError(f"server did not start listening within 15 s: see {log}")
-
-
-def stop_server(server: subprocess.Popen[bytes] | None) -> None:
-    if server is None or server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(8)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(5)
 
 
 async def post(client: httpx.AsyncClient, pc: RTCPeerConnection, url: str) -> str:

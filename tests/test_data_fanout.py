@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
+from aiortc import RTCPeerConnection
 
 from tests.conftest import RunningServer, ServerFactory
 from tests.support.nodes import Node, nodes
-from tests.support.peers import Publisher, exchange
+from tests.support.peers import DataViewer, Publisher
 from tests.support.redisproc import RedisProcess, redis_server
 
 __all__ = ["nodes", "redis_server"]
@@ -20,43 +20,6 @@ __all__ = ["nodes", "redis_server"]
 pytestmark = pytest.mark.timeout(120)
 
 COUNT = 1000
-
-
-class DataViewer:
-    """A WHEP viewer that offers data channels and collects what arrives on each."""
-
-    def __init__(self, base_url: str, stream: str) -> None:
-        self.url = f"{base_url}/whep/{stream}"
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.createDataChannel("whep")  # any channel: the offer gets m=application
-        self.channels: dict[str, RTCDataChannel] = {}
-        self.messages: dict[str, list[str | bytes]] = {}
-        self.changed = asyncio.Event()  # set at each channel or message that arrives
-
-        @self.pc.on("datachannel")
-        def on_channel(channel: RTCDataChannel) -> None:
-            self.channels[channel.label] = channel
-            received = self.messages.setdefault(channel.label, [])
-
-            @channel.on("message")
-            def on_message(message: str | bytes) -> None:
-                received.append(message)
-                self.changed.set()
-
-            self.changed.set()
-
-    async def start(self, client: httpx.AsyncClient) -> None:
-        assert (await exchange(client, self.url, self.pc)).status == 201
-
-    async def wait(self, check: Callable[[], bool], timeout: float = 30.0) -> None:
-        async def until() -> None:
-            while not check():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(until(), timeout)
 
 
 async def publish(client: httpx.AsyncClient, base_url: str, stream: str) -> Publisher:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
+from aiortc import RTCDataChannel
 from playwright.async_api import Page, expect
 
 from tests.conftest import RunningServer, ServerFactory
-from tests.support.peers import Publisher, exchange
+from tests.support.peers import DataViewer, Publisher
 from tests.test_player import FAKE_MEDIA, Problems, launch, wait_frames
 
 __all__ = ["launch"]
@@ -109,37 +108,6 @@ async def test_watch_page_answers_the_publisher_when_allowed(
     assert problems.items == []
 
 
-class ChatViewer:
-    """An aiortc WHEP viewer that offers m=application and keeps the "chat" mirror."""
-
-    def __init__(self, base_url: str, stream: str) -> None:
-        self.url = f"{base_url}/whep/{stream}"
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.createDataChannel("whep")
-        self.chat: RTCDataChannel | None = None
-        self.opened = asyncio.Event()
-        self.messages: list[str | bytes] = []
-        self.received = asyncio.Event()
-
-        @self.pc.on("datachannel")
-        def on_channel(channel: RTCDataChannel) -> None:
-            if channel.label != "chat":
-                return
-            self.chat = channel
-
-            @channel.on("message")
-            def on_message(message: str | bytes) -> None:
-                self.messages.append(message)
-                self.received.set()
-
-            self.opened.set()
-
-    async def start(self, client: httpx.AsyncClient) -> None:
-        assert (await exchange(client, self.url, self.pc)).status == 201
-
-
 async def test_publish_page_chats_with_a_viewer(make_server: ServerFactory, launch) -> None:
     server = await make_server(data_viewer_messages=True)
     browser = await launch(FAKE_MEDIA)
@@ -152,16 +120,15 @@ async def test_publish_page_chats_with_a_viewer(make_server: ServerFactory, laun
     await page.locator("#live-indicator").wait_for(state="visible", timeout=15000)
     await expect(box).to_be_enabled(timeout=10000)
 
-    viewer = ChatViewer(server.base_url, "studio")
+    viewer = DataViewer(server.base_url, "studio")
     await viewer.start(server.client)
-    await asyncio.wait_for(viewer.opened.wait(), 15)
+    await viewer.wait(lambda: "chat" in viewer.channels, 15)
     await box.fill("hello viewers")
     await page.click("#chat-send")
-    await asyncio.wait_for(viewer.received.wait(), 10)
-    assert viewer.messages == ["hello viewers"]
+    await viewer.wait(lambda: bool(viewer.messages.get("chat")), 10)
+    assert viewer.messages["chat"] == ["hello viewers"]
 
-    assert viewer.chat is not None
-    viewer.chat.send("<em>hi</em> back")
+    viewer.channels["chat"].send("<em>hi</em> back")
     entries = page.locator("#chat-log .chat-msg")
     await expect(entries).to_have_text(
         ["Youhello viewers", "Viewer<em>hi</em> back"], timeout=10000
