@@ -39,8 +39,7 @@ async def publish(client: httpx.AsyncClient, base_url: str, stream: str) -> Publ
 async def test_a_thousand_messages_reach_five_viewers_in_order_one_on_an_edge(
     redis_server: RedisProcess, nodes: Callable[..., Node]
 ) -> None:
-    # No drain at teardown: the nodes exit at their SIGTERM.
-    origin, edge = (nodes(n, redis_server.url, drain_timeout="0") for n in ("a", "b"))
+    origin, edge = nodes("a", redis_server.url), nodes("b", redis_server.url)
     async with httpx.AsyncClient(timeout=10) as client:
         publisher = await publish(client, origin.url, "talk")
         viewers = [DataViewer(origin.url, "talk") for _ in range(4)]
