@@ -40,6 +40,7 @@ _MASK32 = 0xFFFFFFFF
 CLOCK_WAIT = 2.0
 PENDING_LIMIT = 2000
 KEYFRAME_ASK_INTERVAL = 1.0  # a due rotation asks for a keyframe at most this often
+LAYER_SETTLE = 2.0  # seconds a simulcast stream's first file waits for its large layer
 
 
 def file_extension(record_format: str, video_codec: str | None) -> str:
@@ -149,6 +150,7 @@ class Recording:
         self._pending: list[tuple[_Track, Frame]] = []
         self._pending_since: float | None = None
         self._asked_at = -KEYFRAME_ASK_INTERVAL
+        self._first_video_at: float | None = None  # loop time (simulcast start, above)
         self._loop = asyncio.get_event_loop()
         self.tracks: list[_Track] = []
         self.stopped = False
@@ -288,10 +290,31 @@ class Recording:
             if not frame.keyframe:
                 self._ask_keyframe(track)
                 return
-        elif not frame.keyframe:
-            return
+        else:
+            settled = self._layers_settled(track)
+            if not frame.keyframe or settled is False:
+                if settled is None:  # waited long enough: start on what there is
+                    self._ask_keyframe(track)
+                return
         self._close_segment()
         self._open_segment(wall, video)
+
+    def _layers_settled(self, track: _Track) -> bool | None:
+        """Before the first file of a simulcast stream: is the recorder on the layer it
+        belongs on (the largest sending)? It starts on whichever sent first, often the
+        small one; a file begun there would end a moment later, at the move to the large
+        one (at that layer's keyframe). None: LAYER_SETTLE seconds have passed, go on."""
+        layers = self.stream.layers.values()
+        if not layers or track.downtrack is None:
+            return True
+        now = self._loop.time()
+        if self._first_video_at is None:
+            self._first_video_at = now
+        if now - self._first_video_at >= LAYER_SETTLE:
+            return None
+        if track.downtrack.source is not self.stream.chosen_layer(now):
+            return False
+        return not any(track.downtrack in feed.incoming for feed in layers)
 
     def _open_segment(self, wall: float, video: _VideoConfig | None) -> None:
         ext = file_extension(self.record_format, video[0] if video else None)
@@ -299,7 +322,7 @@ class Recording:
         path = self.directory / f"{self.stream.name}_{stamp}.{ext}"
         n = 1
         while path.exists() or path in self.files:
-            path = self.directory / f"{self.stream.name}_{stamp}-{n}.{ext}"
+            path = self.directory / f"{self.stream.name}_{stamp}_{n}.{ext}"
             n += 1
         specs = []
         for track in self.tracks:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # What the recorder names its files (and all a download may ask for: no paths).
 FILE_NAME = re.compile(
-    r"[A-Za-z0-9_-]{1,64}_\d{8}-\d{6}(-\d{1,4})?\.(" + "|".join(EXTENSIONS) + ")"
+    r"[A-Za-z0-9_-]{1,64}_\d{8}-\d{6}(_\d{1,4})?\.(" + "|".join(EXTENSIONS) + ")"
 )
 
 

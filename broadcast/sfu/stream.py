@@ -118,6 +118,11 @@ class Stream:
         sub.layer = rid
         self._place(sub, asyncio.get_event_loop().time())
 
+    def chosen_layer(self, now: float, rid: str | None = None) -> TrackFeed | None:
+        """The layer a viewer asking for `rid` (None: the highest) belongs on now."""
+        chosen = choose_layer(self._states(now), rid)
+        return None if chosen is None else self.layers[chosen]
+
     def place_layers(self, now: float) -> None:
         """Move viewers whose layer is no longer the right one (layers came or went)."""
         states = self._states(now)
