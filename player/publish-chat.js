@@ -6,7 +6,7 @@
  * Messages are untrusted: textContent only (appendEntry in whep-chat.js).
  */
 
-import { appendEntry, chatEntry } from "./whep-chat.js";
+import { appendEntry, chatEntry, sendText } from "./whep-chat.js";
 
 export const CHAT_CHANNEL = { label: "chat", ordered: true }; // reliable: no maxRetransmits
 
@@ -45,14 +45,8 @@ export class PublishChat {
   }
 
   send(text) {
-    const message = String(text ?? "").trim();
-    const channel = this._channel;
-    if (!message || channel?.readyState !== "open") return false;
-    try {
-      channel.send(message);
-    } catch {
-      return false;
-    }
+    const message = sendText(this._channel, text);
+    if (message === null) return false;
     this._ui.input.value = "";
     this._append({ label: "You", text: message, own: true });
     return true;

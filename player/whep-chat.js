@@ -80,6 +80,18 @@ export function appendEntry(log, { label, text, own = false }, limit = CHAT_LIMI
   if (atBottom || own) log.scrollTop = log.scrollHeight;
 }
 
+/** Send `text`, trimmed, on `channel` if it is open: the text sent, or null. */
+export function sendText(channel, text) {
+  const message = String(text ?? "").trim();
+  if (!message || channel?.readyState !== "open") return null;
+  try {
+    channel.send(message);
+  } catch {
+    return null; // closing between the check and the send
+  }
+  return message;
+}
+
 export class ChatPanel {
   /** `root`: the player's shadow root, holding CHAT_TEMPLATE and a `.chat-toggle` button. */
   constructor(root, { limit = CHAT_LIMIT } = {}) {
@@ -138,14 +150,8 @@ export class ChatPanel {
 
   /** Send `text` on the open "chat" channel; returns whether it left. */
   send(text) {
-    const message = String(text ?? "").trim();
-    const channel = this._chat;
-    if (!message || channel?.readyState !== "open") return false;
-    try {
-      channel.send(message);
-    } catch {
-      return false; // closing between the check and the send
-    }
+    const message = sendText(this._chat, text);
+    if (message === null) return false;
     this._ui.input.value = "";
     this._append("You", message, true);
     return true;

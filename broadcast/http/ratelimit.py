@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broadcast.bucket import TokenBucket
 from broadcast.errors import TooManyRequests
 from broadcast.http.common import problem_response
 
@@ -47,7 +48,7 @@ class RateLimit:
         self.private_port = private_port
         self.exempt = exempt
         self.clock = clock
-        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -86,14 +87,8 @@ class RateLimit:
     def take(self, client: str) -> float:
         """Spend one token of `client`'s bucket: 0, or the seconds until one is back."""
         now = self.clock()
-        tokens, then = self.buckets.pop(client, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
-        if tokens >= 1:
-            tokens -= 1
-            wait = 0.0
-        else:
-            wait = (1 - tokens) / self.rate
-        self.buckets[client] = (tokens, now)
+        bucket = self.buckets.pop(client, None) or TokenBucket(self.rate, self.burst, now)
+        self.buckets[client] = bucket  # the most recent last: the oldest go first
         while len(self.buckets) > MAX_CLIENTS:
             self.buckets.popitem(last=False)
-        return wait
+        return 0.0 if bucket.take(now) else bucket.wait()

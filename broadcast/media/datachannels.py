@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
+from broadcast.bucket import TokenBucket
+
 __all__ = ["DROP_REASONS", "GRACE", "MAX_CHANNELS", "DataChannelHub", "TokenBucket"]
 
 logger = logging.getLogger(__name__)
@@ -37,28 +39,6 @@ MAX_CHANNELS = 64  # channels mirrored per stream; a publisher's further ones ar
 
 Message = str | bytes
 Options = tuple[str, bool, int | None, int | None]  # protocol, ordered, rexmit, lifetime
-
-
-class TokenBucket:
-    """`rate` messages a second with bursts of `burst`; a rate of 0 lets everything pass."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        if self.rate <= 0:
-            return True
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 def _options(channel: RTCDataChannel) -> Options:

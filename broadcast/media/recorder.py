@@ -39,7 +39,6 @@ _MASK32 = 0xFFFFFFFF
 # left out of the segment.
 CLOCK_WAIT = 2.0
 PENDING_LIMIT = 2000
-KEYFRAME_ASK_INTERVAL = 1.0  # a due rotation asks for a keyframe at most this often
 LAYER_SETTLE = 2.0  # seconds a simulcast stream's first file waits for its large layer
 
 
@@ -149,7 +148,6 @@ class Recording:
         self.segment: _Segment | None = None
         self._pending: list[tuple[_Track, Frame]] = []
         self._pending_since: float | None = None
-        self._asked_at = -KEYFRAME_ASK_INTERVAL
         self._first_video_at: float | None = None  # loop time (simulcast start, above)
         self._loop = asyncio.get_event_loop()
         self.tracks: list[_Track] = []
@@ -206,10 +204,10 @@ class Recording:
                 self._pending_since = self._loop.time()
             self._drain()
 
-    def _ask_keyframe(self, track: _Track) -> None:
-        now = self._loop.time()
-        if track.downtrack is not None and now - self._asked_at >= KEYFRAME_ASK_INTERVAL:
-            self._asked_at = now
+    @staticmethod
+    def _ask_keyframe(track: _Track) -> None:
+        """Its feed coalesces the requests (one upstream per PLI_INTERVAL)."""
+        if track.downtrack is not None:
             track.downtrack.request_keyframe()
 
     def _drain(self, force: bool = False) -> None:

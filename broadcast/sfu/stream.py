@@ -146,12 +146,13 @@ class Stream:
         if not self.layers:
             target = self.feeds["video"]
         else:
-            rid = choose_layer(self._states(now), sub.layer)
-            if rid is None:  # nothing sends: stay, or wait on the pinned (else first) layer
+            chosen = self.chosen_layer(now, sub.layer)
+            if chosen is None:  # nothing sends: stay, or wait on the pinned (else first) layer
                 if downtrack.source in self.layers.values():
                     return
                 rid = sub.layer if sub.layer in self.layers else next(iter(self.layers))
-            target = self.layers[rid]
+                chosen = self.layers[rid]
+            target = chosen
         for feed in self.track_feeds("video"):
             feed.incoming.pop(downtrack, None)
         current = downtrack.source
